@@ -1,0 +1,1 @@
+"""Experiment files: configs, sweeps, benchmarks and analyses, runnable with absl flags."""

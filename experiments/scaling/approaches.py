@@ -1,0 +1,639 @@
+"""The three Chinchilla approaches (Hoffmann et al. 2022, section 3) with bootstrap intervals.
+
+Input: run records, as a list of dicts, a dict of columns, or anything with `.to_dict("records")`,
+with columns `params`, `tokens`, `loss` and optionally `flops` (default 6*params*tokens), `budget`
+(the nominal compute budget C of the run's IsoFLOP group; without it runs are grouped by flops
+within ~5%), `non_embedding_params` and `non_embedding_flops` (default 6*non_embedding_params*
+tokens). Every public function returns plain JSON-serialisable dicts.
+
+Bootstraps resample runs with replacement *within each budget* (so every resample keeps the
+sweep's design) and report percentile intervals; they are seeded and deterministic.
+"""
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import optimize
+
+from experiments.scaling import laws
+
+
+class InsufficientDataError(ValueError):
+  """The runs cannot support the requested fit (too few budgets or runs)."""
+
+
+REQUIRED_COLUMNS = ("params", "tokens", "loss")
+OPTIONAL_COLUMNS = ("flops", "budget", "non_embedding_params", "non_embedding_flops")
+GROUP_TOLERANCE = 1.05  # runs whose flops differ by <5% from a neighbour share a budget
+MIN_POINTS_APPROACH1 = 2
+MIN_BUDGETS_APPROACH2 = 3
+MIN_RUNS_PER_BUDGET = 3
+MIN_RUNS_APPROACH3 = 5
+HUBER_DELTA = 1e-3
+COUNTS = ("total", "non_embedding")
+
+
+# ----------------------------------------------------------------------------- run table
+
+
+@dataclasses.dataclass
+class RunTable:
+  """Validated runs as float64 columns, with each run's budget group."""
+  params: np.ndarray
+  tokens: np.ndarray
+  loss: np.ndarray
+  flops: np.ndarray
+  non_embedding_params: Optional[np.ndarray]
+  non_embedding_flops: Optional[np.ndarray]
+  group: np.ndarray  # index into `budgets`
+  budgets: np.ndarray  # nominal C per group (given, or the geometric mean of its flops)
+  has_budget: bool
+  dropped: list  # [{"row": i, "reason": ...}] for runs left out (non-finite loss)
+
+  @property
+  def has_non_embedding(self) -> bool:
+    return self.non_embedding_params is not None
+
+  def __len__(self) -> int:
+    return len(self.loss)
+
+  def groups(self) -> list:
+    return [np.flatnonzero(self.group == g) for g in range(len(self.budgets))]
+
+  def columns(self, count: str) -> tuple[np.ndarray, np.ndarray]:
+    """(params, flops) under the given parameter accounting."""
+    if count not in COUNTS:
+      raise ValueError(f"count must be one of {COUNTS}, got {count!r}")
+    if count == "total":
+      return self.params, self.flops
+    if not self.has_non_embedding:
+      raise ValueError("count='non_embedding' needs a non_embedding_params column in the runs")
+    return self.non_embedding_params, self.non_embedding_flops
+
+  def records(self) -> list:
+    rows = []
+    for i in range(len(self)):
+      row = {"params": self.params[i], "tokens": self.tokens[i], "loss": self.loss[i],
+             "flops": self.flops[i], "budget": self.budgets[self.group[i]]}
+      if self.has_non_embedding:
+        row["non_embedding_params"] = self.non_embedding_params[i]
+        row["non_embedding_flops"] = self.non_embedding_flops[i]
+      rows.append({k: float(v) for k, v in row.items()})
+    return rows
+
+
+def _as_records(runs) -> list:
+  if hasattr(runs, "to_dict") and not isinstance(runs, Mapping):
+    runs = runs.to_dict("records")
+  if isinstance(runs, Mapping):
+    lengths = {k: len(v) for k, v in runs.items()}
+    if len(set(lengths.values())) > 1:
+      raise ValueError(f"run columns have different lengths: {lengths}")
+    n = next(iter(lengths.values()), 0)
+    return [{k: runs[k][i] for k in runs} for i in range(n)]
+  return list(runs)
+
+
+def _to_float(value, column: str, row: int) -> float:
+  if value is None or (isinstance(value, str) and not value.strip()):
+    return math.nan
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"run {row}: column {column!r} is not a number: {value!r}") from None
+
+
+def normalize_runs(runs) -> RunTable:
+  """Validates run records and assigns budget groups; raises ValueError naming what is wrong."""
+  if isinstance(runs, RunTable):
+    return runs
+  records = _as_records(runs)
+  if not records:
+    raise InsufficientDataError("no runs given; need rows with params, tokens, loss")
+  present = set().union(*(r.keys() for r in records))
+  missing = [c for c in REQUIRED_COLUMNS if c not in present]
+  if missing:
+    raise ValueError(f"runs are missing required column(s): {', '.join(missing)} "
+                     f"(have: {', '.join(sorted(present)) or 'none'}); every run needs "
+                     f"{', '.join(REQUIRED_COLUMNS)}")
+  cols = {c: np.array([_to_float(r.get(c), c, i) for i, r in enumerate(records)])
+          for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in present}
+  for c in ("params", "tokens"):
+    bad = np.flatnonzero(~(np.isfinite(cols[c]) & (cols[c] > 0)))
+    if bad.size:
+      raise ValueError(f"column {c!r} must be a positive number in every run; bad rows: "
+                       f"{bad[:10].tolist()}")
+  bad = np.flatnonzero(np.isfinite(cols["loss"]) & (cols["loss"] <= 0))
+  if bad.size:
+    raise ValueError(f"loss must be positive (a cross-entropy in nats); bad rows: "
+                     f"{bad[:10].tolist()}")
+  keep = np.isfinite(cols["loss"])
+  dropped = [{"row": int(i), "reason": "non-finite loss (diverged or missing)"}
+             for i in np.flatnonzero(~keep)]
+  cols = {c: v[keep] for c, v in cols.items()}
+  if not keep.any():
+    raise InsufficientDataError("every run has a non-finite loss; nothing to fit")
+
+  def optional_positive(name, default):
+    if name not in cols:
+      return default
+    v = cols[name]
+    if np.any(np.isfinite(v) & (v <= 0)):
+      raise ValueError(f"column {name!r} must be positive where given")
+    return np.where(np.isfinite(v), v, default)
+
+  flops = optional_positive("flops", 6.0 * cols["params"] * cols["tokens"])
+  ne_params = ne_flops = None
+  if "non_embedding_params" in cols:
+    ne_params = cols["non_embedding_params"]
+    if not np.all(np.isfinite(ne_params) & (ne_params > 0)):
+      raise ValueError("column 'non_embedding_params' must be a positive number in every run "
+                       "(or drop the column)")
+    if np.any(ne_params > cols["params"]):
+      raise ValueError("non_embedding_params exceeds params in some runs; params must count "
+                       "all parameters including embeddings")
+    ne_flops = optional_positive("non_embedding_flops", 6.0 * ne_params * cols["tokens"])
+  has_budget = "budget" in cols
+  if has_budget:
+    budget = cols["budget"]
+    if not np.all(np.isfinite(budget) & (budget > 0)):
+      raise ValueError("column 'budget' has empty or non-positive values; fill it for every "
+                       "run or drop the column to group runs by flops")
+    budgets, group = np.unique(budget, return_inverse=True)
+  else:
+    group, budgets = _group_by_flops(flops)
+  return RunTable(params=cols["params"], tokens=cols["tokens"], loss=cols["loss"], flops=flops,
+                  non_embedding_params=ne_params, non_embedding_flops=ne_flops,
+                  group=group.astype(int), budgets=budgets.astype(np.float64),
+                  has_budget=has_budget, dropped=dropped)
+
+
+def _group_by_flops(flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Chains runs whose sorted log-flops are within ln(1.05) of a neighbour into one budget."""
+  order = np.argsort(flops)
+  log_f = np.log(flops[order])
+  starts = np.concatenate([[True], np.diff(log_f) > math.log(GROUP_TOLERANCE)])
+  sorted_group = np.cumsum(starts) - 1
+  group = np.empty_like(sorted_group)
+  group[order] = sorted_group
+  budgets = np.array([math.exp(log_f[sorted_group == g].mean())
+                      for g in range(sorted_group[-1] + 1)])
+  return group, budgets
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _loglog_slopes(x_bg: np.ndarray, y_bg: np.ndarray, m_bg: np.ndarray):
+  """Per-row least-squares slope and intercept of y on x over the masked columns."""
+  m = m_bg.astype(np.float64)
+  cnt = m.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    xm = (m * x_bg).sum(1) / cnt
+    ym = (m * y_bg).sum(1) / cnt
+    dx = np.where(m_bg, x_bg - xm[:, None], 0.0)
+    dy = np.where(m_bg, y_bg - ym[:, None], 0.0)
+    sxx = (dx * dx).sum(1)
+    slope = np.where((cnt >= 2) & (sxx > 0), (dx * dy).sum(1) / sxx, np.nan)
+  return slope, ym - slope * xm
+
+
+def _power_law(c: np.ndarray, y: np.ndarray) -> dict:
+  """y = coefficient * c^exponent, least squares in log-log."""
+  x, ly = np.log(c)[None], np.log(y)[None]
+  slope, icpt = _loglog_slopes(x, ly, np.ones_like(x, dtype=bool))
+  resid = ly - (icpt[:, None] + slope[:, None] * x)
+  ss = float(((ly - ly.mean()) ** 2).sum())
+  r2 = 1.0 - float((resid ** 2).sum()) / ss if ss > 0 else math.nan
+  return {"exponent": float(slope[0]), "coefficient": float(np.exp(icpt[0])), "r2": r2}
+
+
+def _interval(samples: np.ndarray, confidence: float) -> Optional[list]:
+  s = np.asarray(samples, dtype=np.float64)
+  s = s[np.isfinite(s)]
+  if s.size < 2:
+    return None
+  tail = 50.0 * (1.0 - confidence)
+  return [float(np.percentile(s, tail)), float(np.percentile(s, 100.0 - tail))]
+
+
+def _stratified_weights(table: RunTable, n: int, rng: np.random.Generator) -> np.ndarray:
+  """(n, runs) resampling counts: runs drawn with replacement within each budget."""
+  w = np.zeros((n, len(table)))
+  for idx in table.groups():
+    w[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n)
+  return w
+
+
+def to_jsonable(obj: Any) -> Any:
+  """numpy scalars/arrays to Python; NaN and inf to None."""
+  if isinstance(obj, Mapping):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return to_jsonable(obj.tolist())
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
+  if isinstance(obj, (int, np.integer)):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  return obj
+
+
+def _budget_key(c: float) -> str:
+  return f"{c:.4g}"
+
+
+# ----------------------------------------------------------------------------- approach 1
+
+
+def approach1(runs, *, count: str = "total", method: str = "per_budget", bootstrap: int = 0,
+              seed: int = 0, confidence: float = 0.95) -> dict:
+  """Lower envelope of loss vs FLOPs; fits N_opt ~ C^a and D_opt ~ C^b through it.
+
+  method="per_budget": the lowest-loss run of each budget group (C = the group's budget, or
+  the run's non-embedding flops under count="non_embedding"). method="envelope": every run
+  that beats all runs with fewer FLOPs (the Pareto front; use it when rows are intermediate
+  evaluations along training curves, as in Chinchilla's approach 1). Needs >= 2 points.
+  """
+  table = normalize_runs(runs)
+  params, flops = table.columns(count)
+  if method == "per_budget":
+    idx = np.array([g[np.argmin(table.loss[g])] for g in table.groups()])
+    c = table.budgets.copy() if count == "total" else flops[idx]
+  elif method == "envelope":
+    order = np.lexsort((table.loss, flops))
+    running = np.minimum.accumulate(table.loss[order])
+    best = np.concatenate([[True], table.loss[order][1:] < running[:-1]])
+    idx = order[best]
+    c = flops[idx]
+  else:
+    raise ValueError(f"approach1 method must be 'per_budget' or 'envelope', got {method!r}")
+  if len(np.unique(c)) < MIN_POINTS_APPROACH1:
+    raise InsufficientDataError(
+        f"Approach 1 needs >= {MIN_POINTS_APPROACH1} distinct compute budgets on the "
+        f"envelope; got {len(np.unique(c))}")
+  n_opt, d_opt = params[idx], table.tokens[idx]
+  fit_n, fit_d = _power_law(c, n_opt), _power_law(c, d_opt)
+  out = {
+      "count": count, "method": method,
+      "points": [{"C": c[i], "N": n_opt[i], "D": d_opt[i], "loss": table.loss[idx[i]],
+                  "tokens_per_param": d_opt[i] / n_opt[i], "run": int(idx[i])}
+                 for i in np.argsort(c)],
+      "a": fit_n["exponent"], "b": fit_d["exponent"], "N_coefficient": fit_n["coefficient"],
+      "D_coefficient": fit_d["coefficient"], "r2_N": fit_n["r2"], "r2_D": fit_d["r2"],
+  }
+  if bootstrap and method == "per_budget":
+    w = _stratified_weights(table, bootstrap, np.random.default_rng(seed))
+    loss_bn = np.where(w > 0, table.loss[None], np.inf)
+    pick_bg = np.stack([g[np.argmin(loss_bn[:, g], axis=1)] for g in table.groups()], axis=1)
+    lc = np.log(np.broadcast_to(c, pick_bg.shape) if count == "total" else flops[pick_bg])
+    mask = np.ones_like(lc, dtype=bool)
+    a_s, _ = _loglog_slopes(lc, np.log(params[pick_bg]), mask)
+    b_s, _ = _loglog_slopes(lc, np.log(table.tokens[pick_bg]), mask)
+    out["bootstrap"] = {"n": bootstrap, "seed": seed, "confidence": confidence,
+                        "a": _interval(a_s, confidence), "b": _interval(b_s, confidence)}
+  return to_jsonable(out)
+
+
+# ----------------------------------------------------------------------------- approach 2
+
+
+def _isoflop_group(x, y, w_bn, log_f, nominal_c):
+  """Weighted parabolas loss ~ c0 + c1 (x-xm) + c2 (x-xm)^2 for each weight row; vertex etc."""
+  xm = float(x.mean())
+  xc = x - xm
+  design = np.stack([np.ones_like(xc), xc, xc * xc], axis=1)
+  uniq, inv = np.unique(x, return_inverse=True)
+  support_bu = (w_bn @ np.eye(len(uniq))[inv]) > 0
+  ok = support_bu.sum(1) >= 3
+  gram = np.einsum("bi,ij,ik->bjk", w_bn, design, design)
+  rhs = np.einsum("bi,ij->bj", w_bn * y, design)
+  coef = np.full((len(w_bn), 3), np.nan)
+  if ok.any():
+    coef[ok] = np.linalg.solve(gram[ok], rhs[ok][..., None])[..., 0]
+  upward = ok & (coef[:, 2] > 0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    d_star = np.where(upward, -coef[:, 1] / (2.0 * coef[:, 2]), np.nan)
+  x_star = xm + d_star
+  lo = np.where(support_bu, uniq[None], np.inf).min(1)
+  hi = np.where(support_bu, uniq[None], -np.inf).max(1)
+  inside = upward & (x_star >= lo) & (x_star <= hi)
+  loss_opt = coef[:, 0] + coef[:, 1] * d_star + coef[:, 2] * d_star ** 2
+  if nominal_c is not None:
+    log_c = np.full(len(w_bn), math.log(nominal_c))
+  else:
+    mean_log_f = np.array([log_f[inv == u].mean() for u in range(len(uniq))])
+    log_c = np.interp(x_star, uniq, mean_log_f)
+  return {"center": xm, "coef": coef, "ok": ok, "upward": upward, "inside": inside,
+          "log_n": x_star, "log_c": log_c, "loss_opt": loss_opt}
+
+
+def _select_budgets(upward_bg, inside_bg, drop_flagged):
+  clean = inside_bg if drop_flagged else upward_bg
+  use_clean = clean.sum(1) >= 2
+  mask = np.where(use_clean[:, None], clean, upward_bg)
+  mask &= (mask.sum(1) >= 2)[:, None]
+  return mask, use_clean
+
+
+def approach2(runs, *, count: str = "total", drop_flagged: bool = True, bootstrap: int = 0,
+              seed: int = 0, confidence: float = 0.95) -> dict:
+  """IsoFLOP profiles: per budget a parabola of loss vs ln N; its vertex is N_opt(C).
+
+  D_opt = C / (k N_opt) with k the budget's median flops/(N D) (k = 6 when flops default to
+  6ND), so b = 1 - a up to variation of k. C is the nominal budget under count="total"; under
+  count="non_embedding" it is the non-embedding flops interpolated (log-log, piecewise
+  linear) at the vertex, since the runs of one budget differ in non-embedding compute.
+  A budget is flagged when its parabola opens downward or its vertex lies outside the sampled
+  N range; with drop_flagged the power laws use only clean budgets (falling back to every
+  upward-opening budget, with a warning, when fewer than 2 are clean).
+  Needs >= 3 budgets with >= 3 runs at distinct model sizes.
+  """
+  table = normalize_runs(runs)
+  params, flops = table.columns(count)
+  groups, skipped = [], []
+  for g, idx in enumerate(table.groups()):
+    if len(np.unique(params[idx])) < MIN_RUNS_PER_BUDGET:
+      skipped.append({"C": table.budgets[g], "n_runs": len(idx),
+                      "reason": f"fewer than {MIN_RUNS_PER_BUDGET} distinct model sizes"})
+    else:
+      groups.append((g, idx))
+  if len(groups) < MIN_BUDGETS_APPROACH2:
+    counts = {_budget_key(c): int((table.group == g).sum()) for g, c in enumerate(table.budgets)}
+    raise InsufficientDataError(
+        f"Approach 2 needs >= {MIN_BUDGETS_APPROACH2} compute budgets with >= "
+        f"{MIN_RUNS_PER_BUDGET} runs (distinct model sizes) each; got {len(groups)} such "
+        f"budget(s). Runs per budget: {counts}")
+  n_boot = int(bootstrap)
+  rng = np.random.default_rng(seed)
+  w_all = np.concatenate([np.ones((1, len(table))),
+                          _stratified_weights(table, n_boot, rng) if n_boot else
+                          np.zeros((0, len(table)))])
+  fits = []
+  for g, idx in groups:
+    nominal = table.budgets[g] if count == "total" else None
+    fit = _isoflop_group(np.log(params[idx]), table.loss[idx], w_all[:, idx],
+                         np.log(flops[idx]), nominal)
+    fit["k"] = float(np.median(flops[idx] / (params[idx] * table.tokens[idx])))
+    fits.append(fit)
+  log_n = np.stack([f["log_n"] for f in fits], 1)
+  log_c = np.stack([f["log_c"] for f in fits], 1)
+  log_d = log_c - np.log([f["k"] for f in fits])[None] - log_n
+  upward = np.stack([f["upward"] for f in fits], 1)
+  inside = np.stack([f["inside"] for f in fits], 1)
+  mask, used_clean = _select_budgets(upward, inside, drop_flagged)
+  a_s, a_icpt = _loglog_slopes(log_c, log_n, mask)
+  b_s, b_icpt = _loglog_slopes(log_c, log_d, mask)
+
+  warnings = []
+  n_up, n_in = int(upward[0].sum()), int(inside[0].sum())
+  if n_up < len(fits):
+    warnings.append(f"{len(fits) - n_up}/{len(fits)} IsoFLOP parabolas open downward "
+                    "(no minimum): widen or densify the model-size grid there")
+  if n_in < n_up:
+    warnings.append(f"{n_up - n_in}/{n_up} IsoFLOP minima lie outside the sampled model "
+                    "sizes (extrapolated): shift the grid toward the minimum")
+  if mask[0].any() and not used_clean[0]:
+    warnings.append("fewer than 2 clean budgets: the power laws include flagged budgets")
+  budgets = []
+  for j, (g, idx) in enumerate(groups):
+    n_opt, d_opt = math.exp(log_n[0, j]), math.exp(log_d[0, j])
+    budgets.append({
+        "C": math.exp(log_c[0, j]), "nominal_C": table.budgets[g], "n_runs": len(idx),
+        "N_min": params[idx].min(), "N_max": params[idx].max(), "N_opt": n_opt, "D_opt": d_opt,
+        "tokens_per_param": d_opt / n_opt, "loss_opt": fits[j]["loss_opt"][0],
+        "parabola": {"center_log_N": fits[j]["center"], "coef": fits[j]["coef"][0]},
+        "opens_downward": not upward[0, j], "vertex_in_range": bool(inside[0, j]),
+        "used_in_fit": bool(mask[0, j]), "flops_per_param_token": fits[j]["k"]})
+  out = {"count": count, "budgets": budgets, "skipped_budgets": skipped,
+         "n_budgets": len(fits), "n_upward": n_up, "n_vertex_in_range": n_in,
+         "n_used": int(mask[0].sum()), "a": a_s[0], "b": b_s[0],
+         "N_coefficient": math.exp(a_icpt[0]) if np.isfinite(a_icpt[0]) else None,
+         "D_coefficient": math.exp(b_icpt[0]) if np.isfinite(b_icpt[0]) else None,
+         "warnings": warnings}
+  if n_boot:
+    valid = np.isfinite(a_s[1:])
+    tpp = np.exp(log_d[1:] - log_n[1:])
+    out["bootstrap"] = {
+        "n": n_boot, "n_valid": int(valid.sum()), "seed": seed, "confidence": confidence,
+        "a": _interval(a_s[1:], confidence), "b": _interval(b_s[1:], confidence),
+        "a_std": float(np.nanstd(a_s[1:])) if valid.any() else None,
+        "tokens_per_param": {_budget_key(b["C"]): _interval(tpp[:, j], confidence)
+                             for j, b in enumerate(budgets)},
+        "frac_vertex_in_range": float(inside[1:].mean())}
+  return to_jsonable(out)
+
+
+# ----------------------------------------------------------------------------- approach 3
+
+_LBFGS_OPTIONS = {"maxiter": 20000, "maxfun": 40000, "ftol": 1e-15, "gtol": 1e-12, "maxcor": 20}
+
+
+def init_grid() -> np.ndarray:
+  """Chinchilla's grid of (a, b, e, alpha, beta) starts: 6*6*5*5*5 = 4500 points."""
+  ab = np.arange(0.0, 25.1, 5.0)
+  e = np.arange(-1.0, 1.01, 0.5)
+  ex = np.arange(0.0, 2.01, 0.5)
+  mesh = np.meshgrid(ab, ab, e, ex, ex, indexing="ij")
+  return np.stack([m.ravel() for m in mesh], axis=1)
+
+
+def huber(r, delta: float = HUBER_DELTA):
+  r = np.asarray(r, dtype=np.float64)
+  return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
+
+
+def parametric_objective(theta, log_n, log_d, log_l, weights, delta=HUBER_DELTA):
+  """Sum_i w_i Huber_delta(log Lhat_i - log L_i) and its gradient in (a, b, e, alpha, beta)."""
+  log_pred, p_3n = laws.log_loss_lse(theta, log_n, log_d)
+  r = log_pred - log_l
+  g_r = weights * np.clip(r, -delta, delta)
+  grad = np.array([g_r @ p_3n[0], g_r @ p_3n[1], g_r @ p_3n[2],
+                   -(g_r * p_3n[0]) @ log_n, -(g_r * p_3n[1]) @ log_d])
+  return float(weights @ huber(r, delta)), grad
+
+
+def _grid_objective(thetas, log_n, log_d, log_l, weights, delta, chunk=512):
+  out = np.empty(len(thetas))
+  for s in range(0, len(thetas), chunk):
+    t = thetas[s:s + chunk, :, None]
+    u = np.stack([t[:, 0] - t[:, 3] * log_n, t[:, 1] - t[:, 4] * log_d,
+                  np.broadcast_to(t[:, 2], (len(t), len(log_n)))], axis=1)
+    r = np.logaddexp.reduce(u, axis=1) - log_l
+    out[s:s + chunk] = huber(r, delta) @ weights
+  return out
+
+
+def fit_parametric(params, tokens, loss, *, weights=None, delta: float = HUBER_DELTA,
+                   grid="full", extra_inits=None) -> dict:
+  """Fits L = E + A/N^alpha + B/D^beta as Chinchilla/Epoch AI: Huber(delta) on log residuals
+  of the LSE form, summed over runs, L-BFGS from a grid of starts; then a convergence check.
+
+  grid="full" starts from all 4500 points of `init_grid()`; an int k starts from the k grid
+  points with the lowest initial objective (a cheaper screen that finds the same basin on
+  well-posed data); grid=0 uses only `extra_inits`. The objective is summed, not averaged
+  (Besiroglu et al. 2024 traced Chinchilla's early stop to averaging), and tolerances are tight.
+  Convergence check: a second L-BFGS run from the best point; converged when it moves the
+  objective by <= 1e-9 relative, the parameters by <= 1e-3 and the gradient, relative to its
+  largest possible size sum_i w_i delta (1 + |log N_i| + |log D_i|), is <= 1e-5.
+  """
+  log_n, log_d, log_l = (np.log(np.asarray(v, dtype=np.float64)) for v in (params, tokens, loss))
+  w = np.ones_like(log_n) if weights is None else np.asarray(weights, dtype=np.float64)
+  grid_pts = init_grid()
+  if isinstance(grid, str):
+    if grid != "full":
+      raise ValueError(f"grid must be 'full' or a number of starts, got {grid!r}")
+    starts = grid_pts
+  else:
+    k = int(grid)
+    if k > 0:
+      vals = _grid_objective(grid_pts, log_n, log_d, log_l, w, delta)
+      starts = grid_pts[np.argsort(vals, kind="stable")[:k]]
+    else:
+      starts = np.zeros((0, 5))
+  if extra_inits is not None:
+    starts = np.concatenate([np.atleast_2d(extra_inits), starts])
+  if not len(starts):
+    raise ValueError("fit_parametric has no starting points; pass grid > 0 or extra_inits")
+  fun = lambda t: parametric_objective(t, log_n, log_d, log_l, w, delta)
+  best, n_failed = None, 0
+  for x0 in starts:
+    with np.errstate(all="ignore"):
+      res = optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", options=_LBFGS_OPTIONS)
+    if not np.isfinite(res.fun) or not np.all(np.isfinite(res.x)):
+      n_failed += 1
+      continue
+    if best is None or res.fun < best.fun:
+      best = res
+  if best is None:
+    raise RuntimeError("every L-BFGS start diverged; check that losses are sensible")
+  refit = optimize.minimize(fun, best.x, jac=True, method="L-BFGS-B", options=_LBFGS_OPTIONS)
+  final = refit if refit.fun <= best.fun else best
+  f, grad = fun(final.x)
+  scale = float(w @ (delta * (1.0 + np.abs(log_n) + np.abs(log_d))))
+  grad_rel = float(np.abs(grad).max() / scale)
+  d_obj = abs(best.fun - refit.fun) / max(abs(best.fun), 1e-300)
+  d_theta = float(np.abs(refit.x - best.x).max())
+  return {"theta": final.x, "objective": f, "grad": grad,
+          "grad_norm": float(np.linalg.norm(grad)), "grad_rel": grad_rel,
+          "refit_objective_change": d_obj, "refit_param_change": d_theta,
+          "converged": bool(d_obj <= 1e-9 and d_theta <= 1e-3 and grad_rel <= 1e-5),
+          "n_starts": len(starts), "n_failed": n_failed, "message": str(final.message)}
+
+
+def _law_summary(theta, budgets, k) -> dict:
+  law = laws.theta_to_law(theta)
+  out = dict(law)
+  if law["alpha"] <= 0 or law["beta"] <= 0:
+    out.update(a=None, b=None, G=None, optimal=[])
+    return out
+  opt = laws.compute_optimal(np.asarray(budgets), law, k)
+  out.update(a=opt["a"], b=opt["b"], G=opt["G"], optimal=[
+      {"C": c, "N_opt": n, "D_opt": d, "tokens_per_param": d / n, "loss": l}
+      for c, n, d, l in zip(budgets, opt["N_opt"], opt["D_opt"], opt["loss"])])
+  return out
+
+
+def approach3(runs, *, count: str = "total", grid="full", bootstrap: int = 0,
+              bootstrap_grid: int = 2, seed: int = 0, confidence: float = 0.95,
+              delta: float = HUBER_DELTA) -> dict:
+  """Parametric law fit (see `fit_parametric`) with alpha, beta, E, A, B, a, b, G and the
+  compute-optimal N, D, tokens/param at each budget (C = k N D, k the median flops/(N D) of
+  the runs) and at Gopher's 5.76e23 FLOPs (an extrapolation). Bootstrap resamples restart from
+  the full-data optimum plus the `bootstrap_grid` best grid points. Needs >= 5 runs.
+  """
+  table = normalize_runs(runs)
+  params, flops = table.columns(count)
+  if len(table) < MIN_RUNS_APPROACH3:
+    raise InsufficientDataError(f"Approach 3 fits 5 parameters and needs >= "
+                                f"{MIN_RUNS_APPROACH3} runs; got {len(table)}")
+  k = float(np.median(flops / (params * table.tokens)))
+  budgets = list(table.budgets) + [laws.GOPHER_BUDGET]
+  fit = fit_parametric(params, table.tokens, table.loss, grid=grid, delta=delta)
+  summary = _law_summary(fit["theta"], budgets, k)
+  out = {"count": count, "delta": delta, "flops_per_param_token": k, **summary,
+         "extrapolated_budgets": [laws.GOPHER_BUDGET],
+         **{key: fit[key] for key in ("objective", "grad", "grad_norm", "grad_rel",
+                                      "refit_objective_change", "refit_param_change",
+                                      "converged", "n_starts", "n_failed", "message")}}
+  out["warnings"] = []
+  if not fit["converged"]:
+    out["warnings"].append("L-BFGS did not pass the convergence check (see grad_rel and "
+                           "refit changes); treat the parametric fit with caution")
+  if summary["a"] is None:
+    out["warnings"].append("fitted alpha or beta <= 0: no finite compute optimum")
+  if bootstrap:
+    w = _stratified_weights(table, int(bootstrap), np.random.default_rng(seed))
+    keys = ("alpha", "beta", "E", "A", "B", "a", "b", "G")
+    samples = {key: [] for key in keys}
+    tpp, n_conv = [], 0
+    for wi in w:
+      bf = fit_parametric(params, table.tokens, table.loss, weights=wi, delta=delta,
+                          grid=bootstrap_grid, extra_inits=fit["theta"])
+      n_conv += bf["converged"]
+      s = _law_summary(bf["theta"], budgets, k)
+      for key in keys:
+        samples[key].append(np.nan if s[key] is None else s[key])
+      tpp.append([o["tokens_per_param"] for o in s["optimal"]] or [np.nan] * len(budgets))
+    tpp = np.array(tpp)
+    out["bootstrap"] = {
+        "n": int(bootstrap), "seed": seed, "confidence": confidence, "n_converged": n_conv,
+        **{key: _interval(samples[key], confidence) for key in keys},
+        "tokens_per_param": {_budget_key(c): _interval(tpp[:, j], confidence)
+                             for j, c in enumerate(budgets)}}
+  return to_jsonable(out)
+
+
+# ----------------------------------------------------------------------------- everything
+
+
+def analyze(runs, *, bootstrap: int = 1000, bootstrap_parametric: Optional[int] = None,
+            seed: int = 0, grid="full", confidence: float = 0.95, strict: bool = False) -> dict:
+  """All three approaches plus the Kaplan-vs-Chinchilla (non-embedding) ablation.
+
+  bootstrap_parametric defaults to min(bootstrap, 200): each Approach 3 resample is an L-BFGS
+  fit. With strict=False an approach the data cannot support is reported as
+  {"skipped": reason} instead of raising.
+  """
+  table = normalize_runs(runs)
+  n3 = min(bootstrap, 200) if bootstrap_parametric is None else bootstrap_parametric
+  out = {
+      "n_runs": len(table), "dropped_runs": table.dropped, "has_budget_column": table.has_budget,
+      "has_non_embedding": table.has_non_embedding, "budgets": table.budgets,
+      "runs_per_budget": [int((table.group == g).sum()) for g in range(len(table.budgets))],
+      "flops_per_param_token": float(np.median(table.flops / (table.params * table.tokens))),
+      "confidence": confidence, "seed": seed,
+      "reference": {"chinchilla": laws.CHINCHILLA, "epoch_ai": laws.EPOCH_AI,
+                    "chinchilla_table2": laws.CHINCHILLA_TABLE2,
+                    "chinchilla_table2_interval": laws.CHINCHILLA_TABLE2_INTERVAL,
+                    "chinchilla_model": laws.CHINCHILLA_MODEL},
+  }
+
+  def attempt(fn, **kw):
+    try:
+      return fn(table, **kw)
+    except InsufficientDataError as e:
+      if strict:
+        raise
+      return {"skipped": str(e)}
+
+  out["approach1"] = attempt(approach1, bootstrap=bootstrap, seed=seed, confidence=confidence)
+  out["approach2"] = attempt(approach2, bootstrap=bootstrap, seed=seed, confidence=confidence)
+  out["approach3"] = attempt(approach3, grid=grid, bootstrap=n3, seed=seed,
+                             confidence=confidence)
+  if table.has_non_embedding:
+    ab = {"approach1": attempt(approach1, count="non_embedding", bootstrap=bootstrap,
+                               seed=seed, confidence=confidence),
+          "approach2": attempt(approach2, count="non_embedding", bootstrap=bootstrap,
+                               seed=seed, confidence=confidence)}
+    for name in ("approach1", "approach2"):
+      a_tot, a_ne = out[name].get("a"), ab[name].get("a")
+      ab[name + "_shift"] = (None if a_tot is None or a_ne is None else
+                             {"a_total": a_tot, "a_non_embedding": a_ne, "delta_a": a_ne - a_tot})
+    out["ablation"] = ab
+  return to_jsonable(out)

@@ -1,0 +1,1 @@
+"""Checkpoint loading, prefill/decode with a KV cache, sampling and evaluation."""

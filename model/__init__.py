@@ -1,0 +1,1 @@
+"""Pure model code: config, layers, attention, Mixture-of-Experts, transformer, sharding, FLOPs."""

@@ -1,0 +1,29 @@
+"""Installable package for the JAX/Flax language-model research code base."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxlm",
+    version="0.1.0",
+    description="Decoder-only transformers (dense and Mixture-of-Experts) in JAX/Flax: "
+                "training, decoding, scaling-law experiments.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["model", "model.*", "train", "train.*", "infer", "infer.*",
+                                    "experiments", "experiments.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.10.6",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "sentencepiece>=0.2",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "gpu": ["jax[cuda12]>=0.7"],
+        "tpu": ["jax[tpu]>=0.7"],
+    },
+)

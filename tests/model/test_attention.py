@@ -1,0 +1,126 @@
+"""Attention against naive float64 numpy references: causal masking, GQA/MQA, rope, cache mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model import attention, layers
+from model.config import ModelConfig
+
+
+def np_attention(q, k, v, mask):
+  """Naive float64 attention: q [B,L,N,H], k/v [B,S,K,H], mask [B,L,S] bool."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  b, l, n, h = q.shape
+  group = n // k.shape[2]
+  out = np.zeros((b, l, n, h))
+  for bi in range(b):
+    for ni in range(n):
+      ki = ni // group
+      logits = q[bi, :, ni] @ k[bi, :, ki].T / np.sqrt(h)
+      logits = np.where(mask[bi], logits, -np.inf)
+      p = np.exp(logits - logits.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      out[bi, :, ni] = p @ v[bi, :, ki]
+  return out
+
+
+def _qkv(b, l, s, n, k, h, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(b, l, n, h)).astype(np.float32),
+          rng.normal(size=(b, s, k, h)).astype(np.float32),
+          rng.normal(size=(b, s, k, h)).astype(np.float32))
+
+
+@pytest.mark.parametrize("n,k", [(4, 4), (4, 2), (4, 1)])
+def test_causal_attention_matches_numpy(n, k):
+  q, kk, v = _qkv(2, 7, 7, n, k, 8)
+  mask = np.broadcast_to(np.tril(np.ones((7, 7), bool)), (2, 7, 7))
+  want = np_attention(q, kk, v, mask)
+  got = attention.causal_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), "xla")
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  ref = attention.reference_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v))
+  np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_attention_matches_numpy_with_row_offsets():
+  b, l, s, n, k, h = 3, 2, 8, 4, 2, 8
+  q, kk, v = _qkv(b, l, s, n, k, h, seed=1)
+  lengths = jnp.array([0, 3, 6], jnp.int32)
+  mask = np.asarray(attention.cache_mask(lengths, l, s))[:, 0]
+  want_mask = np.zeros((b, l, s), bool)
+  for bi, ln in enumerate([0, 3, 6]):
+    for i in range(l):
+      want_mask[bi, i, :ln + i + 1] = True
+  np.testing.assert_array_equal(mask, want_mask)
+  want = np_attention(q, kk, v, want_mask)
+  got = attention.cached_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v),
+                                   jnp.asarray(mask)[:, None])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  ref = attention.reference_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v),
+                                      jnp.asarray(mask))
+  np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
+
+
+def _np_rope(x, pos, theta):
+  x = np.asarray(x, np.float64)
+  h = x.shape[-1]
+  freqs = theta ** (-np.arange(0, h, 2) / h)
+  ang = np.asarray(pos, np.float64)[..., None, None] * freqs
+  z = (x[..., :h // 2] + 1j * x[..., h // 2:]) * np.exp(1j * ang)
+  return np.concatenate([z.real, z.imag], -1)
+
+
+def test_rope_matches_complex_rotation_and_is_relative():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
+  pos = np.array([[0, 1, 2, 3, 4], [7, 9, 11, 100, 1000]])
+  got = layers.apply_rope(jnp.asarray(x), jnp.asarray(pos), 10_000.0)
+  np.testing.assert_allclose(got, _np_rope(x, pos, 10_000.0), atol=1e-4, rtol=1e-4)
+  q = jnp.asarray(rng.normal(size=(1, 1, 1, 8)), jnp.float32)
+  kv = jnp.asarray(rng.normal(size=(1, 1, 1, 8)), jnp.float32)
+  dot = lambda m, n: float(jnp.sum(layers.apply_rope(q, jnp.array([[m]]), 1e4)
+                                   * layers.apply_rope(kv, jnp.array([[n]]), 1e4)))
+  assert abs(dot(5, 2) - dot(13, 10)) < 1e-4
+  assert abs(dot(5, 2) - dot(5, 3)) > 1e-3
+
+
+def test_attention_module_matches_numpy():
+  """Full module (projections + GQA + causal) vs float64 numpy, no rope."""
+  c = ModelConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2,
+                  pos_encoding="sinusoidal")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 32))
+  pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
+  module = attention.Attention(c)
+  params = module.init(jax.random.PRNGKey(1), x, pos)["params"]
+  p = {k: np.asarray(v.value, np.float64) for k, v in params.items()}
+  got, new_cache = module.apply({"params": params}, x, pos)
+  assert new_cache is None
+  xn = np.asarray(x, np.float64)
+  q = np.einsum("bld,dnh->blnh", xn, p["query"])
+  k = np.einsum("bld,dkh->blkh", xn, p["key"])
+  v = np.einsum("bld,dkh->blkh", xn, p["value"])
+  mask = np.broadcast_to(np.tril(np.ones((6, 6), bool)), (2, 6, 6))
+  want = np.einsum("blnh,nhd->bld", np_attention(q, k, v, mask), p["out"])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_cache_helpers_shapes_and_axes():
+  c = ModelConfig(d_model=32, n_layers=3, n_heads=4, n_kv_heads=2)
+  cache = attention.init_cache(c, batch=2, capacity=10)
+  assert cache["k"].shape == cache["v"].shape == (3, 2, 10, 2, 8)
+  assert cache["lengths"].shape == (2,) and cache["lengths"].dtype == jnp.int32
+  axes = attention.cache_logical_axes(c)
+  assert set(axes) == set(cache)
+  for name in cache:
+    assert len(axes[name]) == cache[name].ndim
+  assert attention.init_cache(c, 1, 4, jnp.bfloat16)["k"].dtype == jnp.bfloat16
+
+
+def test_attention_impl_choice():
+  assert attention.attention_impl(ModelConfig(attention_impl="cudnn")) == "cudnn"
+  assert attention.attention_impl(ModelConfig(attention_impl="xla")) == "xla"
+  want = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  assert attention.attention_impl(ModelConfig(dtype="bfloat16")) == want
+  assert attention.attention_impl(ModelConfig(dtype="float32")) == "xla"

@@ -1,0 +1,1 @@
+"""Data, tokenizers, optimizer, train step, loop and checkpoints."""

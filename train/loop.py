@@ -1,0 +1,218 @@
+"""The training loop: data, resume, logging, evaluation, checkpoints, signals, divergence."""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from model import flops, sharding
+from train import checkpoint, hardware
+from train.config import Config
+from train.dataset import build_datasets
+from train.step import Trainer
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or inf; the last checkpoint on disk is still the last good one."""
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal is not None:  # second signal: give up at once
+      raise KeyboardInterrupt
+    self.signal = signum
+    logging.warning("received signal %d: saving a checkpoint and stopping", signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def fit_vocab_to_tokenizer(config: Config, tokenizer_vocab: int) -> Config:
+  """Grows model.vocab_size to cover the tokenizer (rounded up to a multiple of 8)."""
+  if config.model.vocab_size >= tokenizer_vocab:
+    return config
+  vocab = -(-tokenizer_vocab // 8) * 8
+  logging.info("model.vocab_size %d < tokenizer vocabulary %d: using %d",
+               config.model.vocab_size, tokenizer_vocab, vocab)
+  return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab))
+
+
+def _check_resumable(workdir: str, config: Config) -> None:
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  saved = checkpoint.load_config(workdir)
+  if saved.model != config.model or saved.data != config.data:
+    raise ValueError(
+        f"{workdir} holds a run with a different model or data config; resume with the same "
+        "settings or pass a new --workdir")
+  if saved.train != config.train:
+    logging.warning("resuming %s with changed train settings: the run will not match an "
+                    "uninterrupted run of either config", workdir)
+
+
+def peak_flops_per_device(config: Config) -> tuple[float, str]:
+  """The MFU denominator: configured, datasheet, or a matmul measured now (CPU)."""
+  if config.train.peak_flops > 0:
+    return config.train.peak_flops, "configured"
+  peak = hardware.datasheet_peak_flops()
+  if peak:
+    return peak, "datasheet bf16"
+  return hardware.measure_matmul_flops(), "measured matmul"
+
+
+def evaluate(trainer: Trainer, state, val_ds, config: Config) -> dict:
+  """Held-out loss averaged per token over the same validation batches every time."""
+  loss_sum, count = 0.0, 0.0
+  n_proc, proc = jax.process_count(), jax.process_index()
+  for batch in val_ds.eval_batches(config.train.batch_size, config.train.eval_batches):
+    rows = config.train.batch_size // n_proc
+    local = {k: np.asarray(v[proc * rows:(proc + 1) * rows]) for k, v in batch.items()}
+    batch_loss, batch_count = trainer.eval_step(state.params, trainer.global_batch(local))
+    loss_sum += float(batch_loss)
+    count += float(batch_count)
+  loss = loss_sum / max(count, 1.0)
+  return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": count}
+
+
+class _MetricsLog:
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, checkpoint.METRICS_FILE)
+    self.enabled = jax.process_index() == 0
+
+  def write(self, record: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(config: Config, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns a summary with the held-out loss."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh.as_dict())
+  tokenizer, train_ds, val_ds, data_info = build_datasets(config.data)
+  config = fit_vocab_to_tokenizer(config, tokenizer.vocab_size)
+  _check_resumable(workdir, config)
+  if jax.process_index() == 0:
+    checkpoint.save_config(workdir, config)
+    checkpoint.write_json_atomic(os.path.join(workdir, checkpoint.DATA_FILE), data_info)
+    tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_DIR))
+
+  trainer = Trainer(config, mesh)
+  trainer.check_batch_size()
+  manager = checkpoint.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
+  if manager.latest_step() is not None:
+    state = checkpoint.restore(manager, trainer.abstract_state)
+    logging.info("resumed from %s at step %d", workdir, int(state.step))
+  else:
+    state = trainer.init(config.train.seed)
+  start_step = int(state.step)
+
+  train_config = config.train
+  seq_len = config.data.seq_len
+  tokens_per_step = train_config.batch_size * seq_len
+  flops_per_token = flops.flops_per_token(config.model, seq_len, "exact")
+  peak_per_device, peak_source = peak_flops_per_device(config)
+  peak_total = peak_per_device * jax.device_count()
+  counts = flops.param_counts(config.model)
+  logging.info("model: %s parameters (%s non-embedding, %s active); mesh %s; %d tokens/step; "
+               "%.3g FLOPs/token; MFU peak %.3g FLOP/s (%s)",
+               f"{counts['total']:,}", f"{counts['non_embedding']:,}", f"{counts['active']:,}",
+               dict(mesh.shape), tokens_per_step, flops_per_token, peak_total, peak_source)
+  if train_ds.tokens_per_epoch < tokens_per_step * (train_config.steps - start_step):
+    logging.warning("the run needs %.2f epochs of the training tokens: tokens will repeat",
+                    tokens_per_step * train_config.steps / train_ds.tokens_per_epoch)
+
+  metrics_log = _MetricsLog(workdir)
+  summary = {"start_step": start_step}
+  last_saved = manager.latest_step()
+  interval_start, interval_steps = None, 0
+  any_nonfinite = jnp.zeros((), bool)
+  step = start_step
+  with _StopFlag() as stop:
+    while step < train_config.steps:
+      local = train_ds.batch(train_config.seed, step, train_config.batch_size,
+                             jax.process_index(), jax.process_count())
+      state, metrics = trainer.train_step(state, trainer.global_batch(local))
+      any_nonfinite = any_nonfinite | ~metrics["finite"]
+      step += 1
+      if interval_start is None:  # the first step compiles: time from its end
+        jax.block_until_ready(state)
+        interval_start, interval_steps = time.perf_counter(), 0
+      else:
+        interval_steps += 1
+      last = step == train_config.steps
+      if step % train_config.log_every == 0 or last or stop.signal:
+        metrics = jax.device_get(metrics)
+        if bool(any_nonfinite):
+          raise TrainingDiverged(
+              f"loss became NaN/inf by step {step}; the last good checkpoint "
+              f"(step {last_saved}) in {workdir} is intact. Lower --config.train.learning_rate, "
+              "raise warmup_steps or set grad_clip, then resume or start a new --workdir")
+        elapsed = time.perf_counter() - interval_start
+        tokens_per_s = interval_steps * tokens_per_step / elapsed if interval_steps else 0.0
+        record = {k: float(v) for k, v in metrics.items() if k != "finite"}
+        record.update(step=step, tokens_per_s=tokens_per_s,
+                      mfu=flops.mfu(tokens_per_s, flops_per_token, peak_total))
+        eta = (train_config.steps - step) * tokens_per_step / tokens_per_s if tokens_per_s else 0
+        logging.info("step %d/%d loss %.4f grad_norm %.3f lr %.2e | %.0f tokens/s MFU %.1f%% | "
+                     "ETA %.0fs", step, train_config.steps, record["loss"], record["grad_norm"],
+                     record["learning_rate"], tokens_per_s, 100 * record["mfu"], eta)
+        if "moe_load_balance_loss" in record:
+          logging.info("  moe: load_balance %.4f z_loss %.4f dropped %.2f%% load_cv %.3f",
+                       record["moe_load_balance_loss"], record["moe_router_z_loss"],
+                       100 * record["moe_drop_fraction"], record["moe_expert_load_cv"])
+        metrics_log.write(record)
+        summary.update(train_loss=record["loss"], tokens_per_s=tokens_per_s, mfu=record["mfu"])
+        interval_start, interval_steps = time.perf_counter(), 0
+      if train_config.eval_every and (step % train_config.eval_every == 0) and not last:
+        eval_metrics = evaluate(trainer, state, val_ds, config)
+        logging.info("step %d held-out loss %.4f perplexity %.2f", step,
+                     eval_metrics["val_loss"], eval_metrics["val_perplexity"])
+        metrics_log.write(dict(eval_metrics, step=step))
+        interval_start, interval_steps = time.perf_counter(), 0
+      if step % train_config.checkpoint_every == 0 or last or stop.signal:
+        if bool(any_nonfinite):
+          raise TrainingDiverged(f"loss became NaN/inf by step {step}; not saving. The last good "
+                                 f"checkpoint (step {last_saved}) is intact.")
+        checkpoint.save(manager, step, state, force=True)
+        last_saved = step
+      if stop.signal:
+        logging.warning("stopped by signal at step %d; rerun the same command to resume", step)
+        break
+  manager.wait_until_finished()
+  manager.close()
+  summary["stopped_early"] = step < train_config.steps
+  summary["step"] = step
+  if step >= train_config.steps:
+    eval_metrics = evaluate(trainer, state, val_ds, config)
+    logging.info("final held-out loss %.4f perplexity %.2f over %d tokens",
+                 eval_metrics["val_loss"], eval_metrics["val_perplexity"],
+                 eval_metrics["val_tokens"])
+    metrics_log.write(dict(eval_metrics, step=step, final=True))
+    summary.update(eval_metrics)
+  summary.update(params=counts["total"], flops_per_token=flops_per_token,
+                 tokens=step * tokens_per_step, workdir=workdir)
+  return summary
