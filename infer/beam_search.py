@@ -17,8 +17,8 @@ best finish with score  s / Lb ** length_penalty,  where Lb = max_new_tokens whe
 length_penalty >= 0 (a longer denominator only raises a negative score) and Lb = the
 next length when length_penalty < 0. A batch row is done once its pool is full and
 this bound for its best live beam is <= the worst pooled score (or no live beam is
-left); the loop stops when every row is done, so the result equals exhaustive
-continuation to max_new_tokens.
+left); the loop stops when every row is done, and the result equals running all
+max_new_tokens steps (early_stopping=False).
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -37,9 +37,17 @@ class BeamSearchOutput(NamedTuple):
   num_steps: jax.Array  # scalar int32, tokens generated before the loop stopped
 
 
-def _gather_rows(state, flat_idx_T, batch_axis: int):
+def _axes_tree(state, batch_axis):
+  """One batch axis per leaf of `state`: an int for all, or a pytree prefix of ints."""
+  if isinstance(batch_axis, int):
+    return jax.tree.map(lambda _: batch_axis, state)
+  return jax.tree.map(lambda axis, sub: jax.tree.map(lambda _: axis, sub), batch_axis, state)
+
+
+def _gather_rows(state, flat_idx_T, batch_axis):
   return jax.tree.map(
-      lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, flat_idx_T, axis=batch_axis), state)
+      lambda x, axis: x if jnp.ndim(x) == 0 else jnp.take(x, flat_idx_T, axis=axis),
+      state, _axes_tree(state, batch_axis))
 
 
 def _length_penalty(length, length_penalty: float):
@@ -48,13 +56,17 @@ def _length_penalty(length, length_penalty: float):
 
 def beam_search(step_fn: StepFn, init_state: Any, first_logits_BV: jax.Array,
                 num_beams: int, max_new_tokens: int, eos_id: Optional[int],
-                length_penalty: float = 1.0, pad_id: int = 0, batch_axis: int = 0,
+                length_penalty: float = 1.0, pad_id: int = 0, batch_axis: Any = 0,
                 early_stopping: bool = True) -> BeamSearchOutput:
   """Returns the num_beams best hypotheses per batch row, best first.
 
   init_state: the state after the prompt, leaves with batch size B along `batch_axis`
+    (an int for every leaf, or a pytree prefix of ints, e.g. {"k": 1, "v": 1, "lengths": 0})
     (they are repeated W times here); first_logits_BV: next-token logits after the prompt.
   eos_id: end-of-sequence id, or None to always generate max_new_tokens.
+  num_beams, max_new_tokens, eos_id, pad_id, batch_axis: static Python values (close
+    over them or mark them static when jitting); length_penalty and early_stopping may
+    be traced, so changing them does not recompile.
   early_stopping: stop once no live beam can enter the finished pool (see module doc);
     False runs all max_new_tokens steps (same result, for checking).
   step_fn is not called after the last token, so a cache needs room for only
@@ -69,16 +81,17 @@ def beam_search(step_fn: StepFn, init_state: Any, first_logits_BV: jax.Array,
   batch, vocab = first_logits_BV.shape
   W, T = num_beams, max_new_tokens
   eos = -1 if eos_id is None else int(eos_id)
-  final_penalty = _length_penalty(T, length_penalty)
 
-  def check_leaf(x):
-    if jnp.ndim(x) and x.shape[batch_axis] != batch:
-      raise ValueError(f"init_state leaf of shape {x.shape} has size {x.shape[batch_axis]} "
-                       f"on batch_axis={batch_axis}, expected batch {batch}; pass the "
+  axes = _axes_tree(init_state, batch_axis)
+
+  def check_leaf(x, axis):
+    if jnp.ndim(x) and x.shape[axis] != batch:
+      raise ValueError(f"init_state leaf of shape {x.shape} has size {x.shape[axis]} "
+                       f"on batch_axis={axis}, expected batch {batch}; pass the "
                        "un-repeated prefill state or set batch_axis.")
-  jax.tree.map(check_leaf, init_state)
+  jax.tree.map(check_leaf, init_state, axes)
   state = jax.tree.map(
-      lambda x: x if jnp.ndim(x) == 0 else jnp.repeat(x, W, axis=batch_axis), init_state)
+      lambda x, axis: x if jnp.ndim(x) == 0 else jnp.repeat(x, W, axis=axis), init_state, axes)
   logits_TV = jnp.repeat(first_logits_BV.astype(jnp.float32), W, axis=0)
   live_logp_BW = jnp.full((batch, W), NEG_INF, jnp.float32).at[:, 0].set(0.0)
 
@@ -123,13 +136,11 @@ def beam_search(step_fn: StepFn, init_state: Any, first_logits_BV: jax.Array,
     live_token_BW = jnp.take_along_axis(token_BC, live_pick_BW, axis=1)
 
     best_live_B = live_logp_BW[:, 0]
-    if length_penalty >= 0:
-      bound_B = best_live_B / final_penalty
-    else:
-      bound_B = best_live_B / _length_penalty(length + 1, length_penalty)
+    bound_len = jnp.where(jnp.asarray(length_penalty) >= 0, T, length + 1)
+    bound_B = best_live_B / _length_penalty(bound_len, length_penalty)
     worst_fin_B = fin_score_BW[:, -1]
     row_done_B = (best_live_B == NEG_INF) | ((worst_fin_B > NEG_INF) & (bound_B <= worst_fin_B))
-    done = jnp.all(row_done_B) if early_stopping else jnp.bool_(False)
+    done = jnp.all(row_done_B) & early_stopping
 
     def advance(args):
       state, _ = args

@@ -10,6 +10,7 @@ power-of-two buckets so prompts of different lengths reuse programs.
 
 import dataclasses
 import functools
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -43,6 +44,9 @@ class Generation:
   logprobs: list[list[float]]  # per generated token, under the untempered model
   finish_reasons: list[str]  # "eos", "stop", "length"
   scores: list[float] | None = None
+  prefill_seconds: float = 0.0  # first call includes compilation
+  decode_seconds: float = 0.0
+  decode_steps: int = 0
 
 
 class Decoder:
@@ -140,7 +144,11 @@ class Decoder:
     """
     max_new_tokens = self.max_new_tokens_for(prompts, max_new_tokens)
     batch = len(prompts)
+    start = time.perf_counter()
     logits_BV, cache = self.prefill(params, prompts, max_new_tokens)
+    jax.block_until_ready(logits_BV)
+    prefill_seconds = time.perf_counter() - start
+    start, steps = time.perf_counter(), 0
     rng = jax.random.key(seed)
     with sharding.use_mesh(self.mesh):
       tokens_B, logprobs_B = self._sample(jax.random.fold_in(rng, 0), logits_BV, params_sampling)
@@ -157,8 +165,11 @@ class Decoder:
       tokens_B, logprobs_B, cache = self.decode_step(
           params, cache, tokens_B, jax.random.fold_in(rng, t), params_sampling)
       pending.append((tokens_B, logprobs_B))
+      steps += 1
     reasons = [r or "length" for r in reasons]
-    return Generation(tokens=out_tokens, logprobs=out_logprobs, finish_reasons=reasons)
+    return Generation(tokens=out_tokens, logprobs=out_logprobs, finish_reasons=reasons,
+                      prefill_seconds=prefill_seconds,
+                      decode_seconds=time.perf_counter() - start, decode_steps=steps)
 
   @staticmethod
   def _collect(pending, out_tokens, out_logprobs, reasons, eos_id, stop_fn):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TOP_P_TOLERANCE = 0.0
+TOP_P_TOLERANCE = 1e-6
 METHODS = ("greedy", "random", "temperature", "top_k", "top_p", "custom")
 
 PRESETS = {

@@ -139,9 +139,9 @@ def _activation(name: str):
 
 
 class Mlp(nn.Module):
-  """Position-wise FFN: swiglu (gated, 3 matrices) or gelu / relu (2 matrices).
+  """Position-wise FFN: swiglu (silu(x wi_gate) * x wi_up) wo, or act(x wi) wo for gelu / relu.
 
-  `width` overrides config.ffw_dim (MoE experts reuse the same shape logic).
+  Parameter names match MoeMlp's experts (model/moe.py); `width` overrides config.ffw_dim.
   """
   config: ModelConfig
   width: int = 0
@@ -156,9 +156,10 @@ class Mlp(nn.Module):
     def kernel(name, shape, names, std):
       return self.param(name, param_init(std, names), shape, jnp.float32).astype(dtype)
 
-    w_in = kernel("wi", (c.d_model, f), ("embed", "mlp"), c.init_std)
+    gated = c.activation == "swiglu"
+    w_in = kernel("wi_gate" if gated else "wi", (c.d_model, f), ("embed", "mlp"), c.init_std)
     h_BLF = act(jnp.einsum("bld,df->blf", x_BLD, w_in))
-    if c.activation == "swiglu":
+    if gated:
       w_up = kernel("wi_up", (c.d_model, f), ("embed", "mlp"), c.init_std)
       h_BLF = h_BLF * jnp.einsum("bld,df->blf", x_BLD, w_up)
     h_BLF = sharding.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))

@@ -8,3 +8,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end test taking more than ~20 s on 2 cores")
+
+
+def pytest_sessionstart(session):
+  """Token/tokenizer caches go to a temp dir, never to ~/.cache."""
+  import tempfile
+  os.environ.setdefault("JAXLM_CACHE", tempfile.mkdtemp(prefix="jaxlm_test_cache_"))

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 from absl import logging
 
 USER_SUFFIXES = (".txt", ".jsonl", ".md")
+# Any directory with one of these names is skipped (covers idlelib/idle_test, lib2to3/tests, ...).
 _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
 
@@ -38,7 +39,7 @@ class Corpus:
 
 
 def resolve_cache_dir(data_config=None, cache_dir: str | None = None) -> str:
-  """Cache root: explicit argument, then DataConfig.cache_dir, then $JAXLM_CACHE, then ~/.cache/jaxlm."""
+  """Cache root: the argument, else DataConfig.cache_dir, else $JAXLM_CACHE, else ~/.cache/jaxlm."""
   chosen = cache_dir or (data_config.cache_dir if data_config is not None else "")
   chosen = chosen or os.environ.get("JAXLM_CACHE", "") or os.path.join("~", ".cache", "jaxlm")
   return os.path.abspath(os.path.expanduser(chosen))
@@ -66,14 +67,12 @@ def _take_bytes(named_documents, max_bytes: int):
 
 
 def stdlib_files() -> list[tuple[str, str]]:
-  """(relative path, absolute path) of the stdlib's .py files, sorted, without tests/site-packages."""
+  """(relative path, absolute path) of stdlib .py files, sorted, without tests or site-packages."""
   root = sysconfig.get_paths()["stdlib"]
   found = []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
     rel_dir = os.path.relpath(dirpath, root)
-    if rel_dir.replace(os.sep, "/").startswith("lib2to3/tests"):
-      continue
     for filename in filenames:
       # _sysconfigdata*.py records this machine's build paths, not library source.
       if filename.endswith(".py") and not filename.startswith("_sysconfigdata"):

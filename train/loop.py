@@ -108,8 +108,12 @@ class _MetricsLog:
         f.write(json.dumps(record) + "\n")
 
 
-def train(config: Config, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns a summary with the held-out loss."""
+def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns a summary with the held-out loss.
+
+  `stop_at_step` ends this invocation early (with a checkpoint) at that step, e.g. to
+  split a long run over several jobs; rerunning continues on the same schedule.
+  """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.as_dict())
   tokenizer, train_ds, val_ds, data_info = build_datasets(config.data)
@@ -164,6 +168,8 @@ def train(config: Config, workdir: str) -> dict:
       else:
         interval_steps += 1
       last = step == train_config.steps
+      if stop_at_step is not None and step >= stop_at_step and not last:
+        stop.signal = stop.signal or "stop_at_step"
       if step % train_config.log_every == 0 or last or stop.signal:
         metrics = jax.device_get(metrics)
         if bool(any_nonfinite):
@@ -200,7 +206,8 @@ def train(config: Config, workdir: str) -> dict:
         checkpoint.save(manager, step, state, force=True)
         last_saved = step
       if stop.signal:
-        logging.warning("stopped by signal at step %d; rerun the same command to resume", step)
+        logging.warning("stopped (%s) at step %d; rerun the same command to resume",
+                        stop.signal, step)
         break
   manager.wait_until_finished()
   manager.close()

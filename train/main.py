@@ -23,6 +23,7 @@ flags.DEFINE_string("data", None, "Shortcut for --config.data.data: text/jsonl p
 flags.DEFINE_string("coordinator_address", "", "Multi-process: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", 0, "Multi-process: total number of processes.")
 flags.DEFINE_integer("process_id", -1, "Multi-process: this process's index.")
+flags.DEFINE_integer("stop_at_step", None, "Save and stop at this step (rerun to continue).")
 flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit.")
 
 _OVERRIDES = []
@@ -43,7 +44,7 @@ def _main(argv):
       return
     from train.loop import TrainingDiverged, train  # imports jax: after distributed.initialize
     try:
-      summary = train(config, FLAGS.workdir)
+      summary = train(config, FLAGS.workdir, FLAGS.stop_at_step)
     except TrainingDiverged as e:
       sys.exit(f"error: {e}")
   except (ValueError, FileNotFoundError, TypeError) as e:

