@@ -35,3 +35,61 @@ def get_config(arg: str | None = None) -> Config:
                                   log_every=2, eval_every=4, eval_batches=2,
                                   checkpoint_every=4, samples=1, sample_tokens=8))
   return config
+
+
+_PROMPTS = ("def fibonacci(n):", "import os\n", "class Stack:\n    def push(self, item):")
+
+
+def _main(argv):
+  """Trains (or resumes) the quickstart run, then decodes with three sampling presets."""
+  del argv
+  import json
+
+  from absl import flags, logging
+
+  from infer import sampling
+  from infer.decode import Decoder
+  from infer.loading import load_model
+  from train import logs
+  from train.config import override
+  from train.loop import train
+
+  logs.quiet_library_logs()
+  workdir = flags.FLAGS.workdir
+  config = get_config()
+  for key, value in _OVERRIDES:
+    config = override(config, key, value)
+  summary = train(config, workdir)
+  loaded = load_model(workdir)
+  decoder = Decoder(loaded.config.model, loaded.mesh)
+  tokenizer = loaded.tokenizer
+  prompt_ids = [tokenizer.encode(p) for p in _PROMPTS[:max(1, config.train.samples)]]
+  print("=" * 72)
+  print(f"held-out loss {summary['val_loss']:.4f}, perplexity {summary['val_perplexity']:.2f} "
+        f"after {summary['step']} steps ({summary['params']:,} parameters)")
+  for preset in ("code", "chat", "creative"):
+    params_sampling = sampling.params_from_preset(len(prompt_ids), preset)
+    result = decoder.generate(loaded.params, prompt_ids, config.train.sample_tokens,
+                              params_sampling, seed=0, eos_id=tokenizer.eos_id)
+    for prompt, tokens in zip(_PROMPTS, result.tokens):
+      print("-" * 72 + f"\n[{preset}] " + prompt + tokenizer.decode(tokens))
+  logging.info("summary: %s", json.dumps(summary))
+
+
+_OVERRIDES = []
+
+
+def main():
+  import sys
+
+  from absl import app, flags
+
+  from train.config import split_config_overrides
+  flags.DEFINE_string("workdir", "runs/quickstart", "Run directory (resumed if it exists).")
+  global _OVERRIDES
+  argv, _OVERRIDES = split_config_overrides(sys.argv)
+  app.run(_main, argv=argv)
+
+
+if __name__ == "__main__":
+  main()

@@ -113,7 +113,8 @@ class Attention(nn.Module):
     if c.pos_encoding == "rope":
       q_BLNH = apply_rope(q_BLNH, positions_BL, c.rope_theta)
       k_BLKH = apply_rope(k_BLKH, positions_BL, c.rope_theta)
-    q_BLNH = sharding.constrain(q_BLNH, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+    q_axes = ("act_batch", "act_length", "act_heads", "act_head_dim")
+    q_BLNH = sharding.constrain(q_BLNH, q_axes)
     kv_axes = ("act_batch", "act_length", "act_kv_heads", "act_head_dim")
     k_BLKH = sharding.constrain(k_BLKH, kv_axes)
     v_BLKH = sharding.constrain(v_BLKH, kv_axes)
@@ -131,6 +132,6 @@ class Attention(nn.Module):
       mask = cache_mask(lengths_B, x_BLD.shape[1], k_BSKH.shape[1])
       out_BLNH = cached_attention(q_BLNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype), mask)
       new_cache = (k_BSKH, v_BSKH)
-    out_BLNH = sharding.constrain(out_BLNH, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+    out_BLNH = sharding.constrain(out_BLNH, q_axes)
     y_BLD = jnp.einsum("blnh,nhd->bld", out_BLNH, w_o)
     return y_BLD, new_cache

@@ -76,7 +76,11 @@ class Embed(nn.Module):
         (c.vocab_size, c.d_model), jnp.float32)
 
   def __call__(self, tokens_BL):
-    x_BLD = jnp.take(self.embedding, tokens_BL, axis=0)
+    # Gather from a table whose embed dim is all-gathered (as FSDP does for every
+    # weight): gathering rows of an fsdp-sharded table yields an embed-sharded
+    # activation that GSPMD can only reshard to batch-sharded by replicating it.
+    table_VD = sharding.constrain(self.embedding, ("vocab", None))
+    x_BLD = jnp.take(table_VD, tokens_BL, axis=0)
     return x_BLD.astype(compute_dtype(self.config))
 
   def attend(self, x_BLD):
@@ -106,6 +110,7 @@ class LearnedPositions(nn.Module):
     c = self.config
     table = self.param("embedding", param_init(c.init_std, ("position", "embed")),
                        (c.max_len, c.d_model), jnp.float32)
+    table = sharding.constrain(table, ("position", None))  # See Embed.__call__.
     return jnp.take(table, positions_BL, axis=0).astype(compute_dtype(c))
 
 

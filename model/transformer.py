@@ -82,7 +82,9 @@ class BlockGroup(nn.Module):
       if new_kv is not None:
         new_k.append(new_kv[0])
         new_v.append(new_kv[1])
-    aux = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a).astype(jnp.float32)), *auxes) if auxes else {}
+    aux = {}
+    if auxes:
+      aux = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a).astype(jnp.float32)), *auxes)
     if k_GBSKH is None:
       return x_BLD, aux
     return x_BLD, (aux, jnp.stack(new_k), jnp.stack(new_v))
@@ -111,7 +113,7 @@ class Transformer(nn.Module):
       raise ValueError(f"tokens must be [batch, length], got shape {tokens_BL.shape}")
     b, l = tokens_BL.shape
     if cache is not None:
-      _check_cache(c, cache, b)
+      _check_cache(c, cache, b, l)
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
       if cache is not None:
@@ -178,7 +180,7 @@ class Transformer(nn.Module):
     return x_BLD, aux, kv
 
 
-def _check_cache(config: ModelConfig, cache, batch: int) -> None:
+def _check_cache(config: ModelConfig, cache, batch: int, length: int) -> None:
   if not isinstance(cache, dict) or set(cache) != {"k", "v", "lengths"}:
     raise ValueError("cache must be the dict from model.attention.init_cache "
                      "with keys 'k', 'v', 'lengths'")
@@ -188,6 +190,9 @@ def _check_cache(config: ModelConfig, cache, batch: int) -> None:
     raise ValueError(f"cache k/v shape {k} does not match [n_layers, batch, capacity, "
                      f"kv_heads, head_dim] = {want[:2] + ('S',) + want[2:]}; "
                      "build it with init_cache(config, batch, capacity)")
+  if length > k[2]:
+    raise ValueError(f"{length} new tokens do not fit a cache of capacity {k[2]}; "
+                     "build a larger one with init_cache(config, batch, capacity)")
   if cache["lengths"].shape != (batch,):
     raise ValueError(f"cache lengths shape {cache['lengths'].shape} must be ({batch},)")
 

@@ -71,7 +71,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
   if step not in manager.all_steps():
     raise FileNotFoundError(
         f"checkpoint step {step} not in {manager.directory}; available: {manager.all_steps()}")
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except ValueError as e:
+    if "do not match" not in str(e):
+      raise
+    detail = "\n".join(str(e).splitlines()[:6])
+    raise ValueError(
+        f"checkpoint step {step} in {manager.directory} does not match the parameter tree of "
+        f"the model this code builds from the run's config.json (written by another code "
+        f"version?); start a new --workdir. Details:\n{detail}") from None
 
 
 def resolve_checkpoint_path(path: str) -> tuple[str, int | None]:

@@ -127,7 +127,7 @@ class Trainer:
         step=state.step + 1,
         params=_tree_where(finite, new_params, state.params),
         opt_state=_tree_where(finite, new_opt_state, state.opt_state))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    learning_rate=self.schedule(state.step), finite=finite)
     return new_state, metrics
 

@@ -13,7 +13,7 @@ from matplotlib import cm, colors
 from matplotlib.figure import Figure
 
 from experiments.scaling import laws
-from experiments.scaling.approaches import normalize_runs
+from experiments.scaling.runs import normalize_runs
 
 PLOT_FILES = {"isoflop": "isoflop.png", "allocation": "optimal_allocation.png",
               "loss_vs_flops": "loss_vs_flops.png", "parametric": "parametric_contours.png",

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from experiments.scaling import laws
-from experiments.scaling.approaches import normalize_runs, to_jsonable
+from experiments.scaling.runs import normalize_runs, to_jsonable
 from experiments.scaling.plots import make_plots
 
 CHINCHILLA_ISOFLOP_RANGE = (6e18, 3e21)  # Hoffmann et al. 2022 sec. 3.2: 9 budgets in this range
@@ -180,6 +180,28 @@ def _approach3_lines(a3) -> list:
   return lines
 
 
+def _tokens_table(analysis) -> list:
+  lines = ["| source | C (FLOPs) | tokens per parameter |", "|---|---|---|"]
+  a2, a3 = _section(analysis, "approach2"), _section(analysis, "approach3")
+  if a2.get("budgets"):
+    top = a2["budgets"][-1]
+    iv = a2.get("bootstrap", {}).get("tokens_per_param", {}).get(format(top["C"], ".4g"))
+    lines.append(f"| ours, approach 2 (largest budget) | {top['C']:.3g} | "
+                 f"{top['tokens_per_param']:.1f} {_ci(iv, '.1f')} |")
+  tpp = a3.get("bootstrap", {}).get("tokens_per_param", {})
+  for o in a3.get("optimal", [])[-2:]:
+    note = " (extrapolated)" if o["C"] in a3.get("extrapolated_budgets", []) else ""
+    lines.append(f"| ours, approach 3{note} | {o['C']:.3g} | {o['tokens_per_param']:.1f} "
+                 f"{_ci(tpp.get(format(o['C'], '.4g')), '.1f')} |")
+  lines.append(f"| Chinchilla 70B on 1.4T tokens (trained) | {laws.GOPHER_BUDGET:.3g} | "
+               f"{laws.CHINCHILLA_MODEL['tokens_per_param']:.0f} |")
+  for name, law in (("Chinchilla's printed law (E=1.69, A=406.4, ...)", laws.CHINCHILLA),
+                    ("Epoch AI refit of that law", laws.EPOCH_AI)):
+    ref = laws.compute_optimal(laws.GOPHER_BUDGET, law)
+    lines.append(f"| {name} | {laws.GOPHER_BUDGET:.3g} | {ref['tokens_per_param']:.1f} |")
+  return lines
+
+
 def render_markdown(table, analysis: dict, meta: dict, plots: dict, is_smoke: bool) -> str:
   table = normalize_runs(table)
   conf = analysis.get("confidence", 0.95)
@@ -197,6 +219,10 @@ def render_markdown(table, analysis: dict, meta: dict, plots: dict, is_smoke: bo
             "|---|---|---|---|---|", *_exponent_rows(analysis),
             f"| Kaplan et al. 2020 | | | {laws.CHINCHILLA_TABLE2['kaplan']['a']} | "
             f"{laws.CHINCHILLA_TABLE2['kaplan']['b']} |", "",
+            "## Tokens per parameter", "", *_tokens_table(analysis), "",
+            "The printed Chinchilla constants are rounded; with them the law's own optimum at "
+            "Gopher's budget is far from the 20 tokens/parameter Chinchilla was trained with "
+            "(Besiroglu et al. 2024), so compare ratios with the trained model and the refit.", "",
             "## Where this sweep can and cannot agree with Chinchilla", ""]
   lines += [f"- {s}" for s in agreement_sentences(table, analysis)] + [""]
   a2 = _section(analysis, "approach2")

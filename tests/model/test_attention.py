@@ -1,5 +1,8 @@
 """Attention against naive float64 numpy references: causal masking, GQA/MQA, rope, cache mask."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,9 @@ import pytest
 
 from model import attention, layers
 from model.config import ModelConfig
+
+
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def np_attention(q, k, v, mask):
@@ -38,9 +44,9 @@ def test_causal_attention_matches_numpy(n, k):
   q, kk, v = _qkv(2, 7, 7, n, k, 8)
   mask = np.broadcast_to(np.tril(np.ones((7, 7), bool)), (2, 7, 7))
   want = np_attention(q, kk, v, mask)
-  got = attention.causal_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v), "xla")
+  got = _jit(attention.causal_attention, static_argnums=3)(q, kk, v, "xla")
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-  ref = attention.reference_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v))
+  ref = _jit(attention.reference_attention)(q, kk, v)
   np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
 
 
@@ -55,11 +61,9 @@ def test_cached_attention_matches_numpy_with_row_offsets():
       want_mask[bi, i, :ln + i + 1] = True
   np.testing.assert_array_equal(mask, want_mask)
   want = np_attention(q, kk, v, want_mask)
-  got = attention.cached_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v),
-                                   jnp.asarray(mask)[:, None])
+  got = _jit(attention.cached_attention)(q, kk, v, mask[:, None])
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-  ref = attention.reference_attention(jnp.asarray(q), jnp.asarray(kk), jnp.asarray(v),
-                                      jnp.asarray(mask))
+  ref = _jit(attention.reference_attention)(q, kk, v, mask)
   np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
 
 
@@ -76,7 +80,7 @@ def test_rope_matches_complex_rotation_and_is_relative():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
   pos = np.array([[0, 1, 2, 3, 4], [7, 9, 11, 100, 1000]])
-  got = layers.apply_rope(jnp.asarray(x), jnp.asarray(pos), 10_000.0)
+  got = _jit(layers.apply_rope, static_argnums=2)(x, pos, 10_000.0)
   np.testing.assert_allclose(got, _np_rope(x, pos, 10_000.0), atol=1e-4, rtol=1e-4)
   q = jnp.asarray(rng.normal(size=(1, 1, 1, 8)), jnp.float32)
   kv = jnp.asarray(rng.normal(size=(1, 1, 1, 8)), jnp.float32)
@@ -93,9 +97,13 @@ def test_attention_module_matches_numpy():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 32))
   pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
   module = attention.Attention(c)
-  params = module.init(jax.random.PRNGKey(1), x, pos)["params"]
-  p = {k: np.asarray(v.value, np.float64) for k, v in params.items()}
-  got, new_cache = module.apply({"params": params}, x, pos)
+  abstract = nn.meta.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(1), x, pos))
+  rng = np.random.default_rng(3)
+  params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.normal(size=a.shape), jnp.float32),
+                        abstract["params"])
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  assert p["query"].shape == (32, 4, 8) and p["key"].shape == (32, 2, 8)
+  got, new_cache = _jit(module.apply)({"params": params}, x, pos)
   assert new_cache is None
   xn = np.asarray(x, np.float64)
   q = np.einsum("bld,dnh->blnh", xn, p["query"])

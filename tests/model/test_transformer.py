@@ -210,6 +210,8 @@ def test_bad_inputs_raise_clear_errors():
     init(tokens, cache=init_cache(c, 2, 8))
   with pytest.raises(ValueError, match="init_cache"):
     init(tokens, cache=init_cache(dataclasses.replace(c, n_layers=3), 1, 8))
+  with pytest.raises(ValueError, match="capacity"):
+    init(tokens, cache=init_cache(c, 1, 4))
 
 
 SHARDED = dataclasses.replace(BASE, vocab_size=128)
