@@ -62,8 +62,9 @@ def _parse_grid(grid: str):
 
 
 def fit_csv(csv_path: str, out_dir=None, *, bootstrap: int = 1000,
-            bootstrap_parametric=None, seed: int = 0, grid="256", allow_partial: bool = False,
-            is_smoke: bool = False, title: str = "Compute-optimal scaling analysis"):
+            bootstrap_parametric=None, seed: int = 0, grid=approaches.DEFAULT_GRID,
+            allow_partial: bool = False, is_smoke: bool = False,
+            title: str = "Compute-optimal scaling analysis"):
   """Reads, checks and fits the runs; writes the report when out_dir is set.
 
   Returns (analysis, paths). Raises FileNotFoundError / ValueError with a message naming the

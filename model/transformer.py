@@ -103,6 +103,8 @@ class Transformer(nn.Module):
   Without a cache returns (logits_BLV float32, aux); with one returns
   (logits_BLV, aux, new_cache) where new_cache["lengths"] = cache["lengths"] + L.
   aux holds the mean over MoE layers of each MoE aux scalar ({} for dense models).
+  Params: embed, [pos_embed], layers | layers_i, [final_norm], [unembed]; final_norm
+  exists only for pre-norm (post-norm blocks already end in a norm).
   """
   config: ModelConfig
 

@@ -36,7 +36,7 @@ def measure_matmul_flops(n: int | None = None, dtype=None, repeats: int = 5) -> 
   on_cpu = jax.default_backend() == "cpu"
   n = n or (1024 if on_cpu else 8192)
   dtype = dtype or (jnp.float32 if on_cpu else jnp.bfloat16)
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]  # jax.devices()[0] belongs to process 0 only
   a = jax.device_put(jnp.ones((n, n), dtype), device)
   b = jax.device_put(jnp.ones((n, n), dtype), device)
   matmul = jax.jit(lambda x, y: x @ y)
@@ -53,7 +53,7 @@ def measure_copy_bandwidth(n_bytes: int | None = None, repeats: int = 5) -> floa
   """Bytes/s of one device copying a large array (read + write counted)."""
   on_cpu = jax.default_backend() == "cpu"
   n_bytes = n_bytes or (256 << 20 if on_cpu else 2 << 30)
-  x = jax.device_put(jnp.ones((n_bytes // 4,), jnp.float32), jax.devices()[0])
+  x = jax.device_put(jnp.ones((n_bytes // 4,), jnp.float32), jax.local_devices()[0])
   copy = jax.jit(lambda v: v + 1.0)
   copy(x).block_until_ready()
   best = float("inf")

@@ -40,6 +40,10 @@ def cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array,
   return jnp.sum(loss_BL * weights_BL), jnp.sum(weights_BL)
 
 
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def _tree_where(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
@@ -127,7 +131,7 @@ class Trainer:
         step=state.step + 1,
         params=_tree_where(finite, new_params, state.params),
         opt_state=_tree_where(finite, new_opt_state, state.opt_state))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads),
                    learning_rate=self.schedule(state.step), finite=finite)
     return new_state, metrics
 

@@ -89,8 +89,9 @@ def plot_allocation(table, analysis: dict, path: str) -> Optional[str]:
               label=f"approach 1: {expo}={a1[expo]:.3f}")
     if _ok(a2):
       used = [b for b in a2["budgets"] if b["used_in_fit"]]
-      ax.scatter([b["C"] for b in a2["budgets"]], [b[f"{key}_opt"] for b in a2["budgets"]],
-                 marker="o", s=26, color="C1")
+      shown = [b for b in a2["budgets"] if b[f"{key}_opt"] is not None]
+      ax.scatter([b["C"] for b in shown], [b[f"{key}_opt"] for b in shown], marker="o", s=26,
+                 color="C1")
       if a2[f"{key}_coefficient"] is not None:
         ax.plot(c_grid, a2[f"{key}_coefficient"] * c_grid ** a2[expo], color="C1",
                 label=f"approach 2: {expo}={a2[expo]:.3f}")
@@ -166,7 +167,8 @@ def plot_parametric(table, analysis: dict, path: str) -> Optional[str]:
   ax.scatter(table.params, table.tokens, s=10, color="black", label="runs")
   a2 = analysis.get("approach2", {})
   if isinstance(a2, dict) and "budgets" in a2:
-    ax.scatter([b["N_opt"] for b in a2["budgets"]], [b["D_opt"] for b in a2["budgets"]],
+    shown = [b for b in a2["budgets"] if b["N_opt"] is not None]
+    ax.scatter([b["N_opt"] for b in shown], [b["D_opt"] for b in shown],
                marker="*", s=90, color="C1", label="IsoFLOP minima (approach 2)", zorder=3)
   ax.set_xscale("log")
   ax.set_yscale("log")
@@ -188,8 +190,9 @@ def plot_ablation(table, analysis: dict, path: str) -> Optional[str]:
   ax = fig.add_subplot()
   for sec, name, color in ((analysis["approach2"], "total params and FLOPs", "C1"),
                            (ab["approach2"], "non-embedding (Kaplan)", "C4")):
-    c = np.array([b["C"] for b in sec["budgets"]])
-    ax.scatter(c, [b["N_opt"] for b in sec["budgets"]], color=color, s=24)
+    shown = [b for b in sec["budgets"] if b["N_opt"] is not None and b["C"] is not None]
+    c = np.array([b["C"] for b in shown])
+    ax.scatter(c, [b["N_opt"] for b in shown], color=color, s=24)
     grid = np.geomspace(c.min() / 1.5, c.max() * 1.5, 30)
     if sec["N_coefficient"] is not None:
       ax.plot(grid, sec["N_coefficient"] * grid ** sec["a"], color=color,

@@ -70,9 +70,12 @@ def test_every_option_runs(overrides):
   assert np.isfinite(np.asarray(logits)).all()
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
-def test_causality_gradient_is_exactly_zero_after_t(pos):
-  c = dataclasses.replace(BASE, pos_encoding=pos)
+@pytest.mark.parametrize("overrides", [
+    dict(pos_encoding="rope"),
+    dict(pos_encoding="learned", norm_position="post", scan_layers=False),
+])
+def test_causality_gradient_is_exactly_zero_after_t(overrides):
+  c = dataclasses.replace(BASE, **overrides)
   tokens = _tokens(1, 8)
   variables = _init(c, tokens)
   t = 3
@@ -185,16 +188,14 @@ def _decode_matches_full(c, prompt_lens, total, capacity):
     assert (cache["lengths"] == lengths + 1).all()
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
-def test_kv_cache_decode_matches_full_forward(pos):
-  c = dataclasses.replace(BASE, pos_encoding=pos)
+@pytest.mark.parametrize("overrides", [
+    dict(pos_encoding="rope"),
+    dict(pos_encoding="learned", norm_position="post", n_kv_heads=1, tie_embeddings=True),
+    dict(pos_encoding="sinusoidal", scan_layers=False, norm="layer", activation="gelu"),
+])
+def test_kv_cache_decode_matches_full_forward(overrides):
+  c = dataclasses.replace(BASE, **overrides)
   _decode_matches_full(c, prompt_lens=[2, 5, 3], total=9, capacity=12)
-
-
-def test_kv_cache_decode_loop_layout_post_norm_mqa():
-  c = dataclasses.replace(BASE, scan_layers=False, norm_position="post", n_kv_heads=1,
-                          tie_embeddings=True)
-  _decode_matches_full(c, prompt_lens=[4, 4], total=7, capacity=7)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -231,13 +232,14 @@ def _single_device(c, variables, tokens, cache):
   return _single_device_results[c]
 
 
-@pytest.mark.parametrize("mesh_shape,config", [
-    (dict(data=2, fsdp=2, tensor=2), SHARDED),
-    (dict(fsdp=4, tensor=2), SHARDED),
+@pytest.mark.parametrize("mesh_shape,config,check_cache", [
+    (dict(data=2, fsdp=2, tensor=2), SHARDED, True),
+    (dict(fsdp=4, tensor=2), SHARDED, False),
     pytest.param(dict(data=2, fsdp=2, tensor=2), dataclasses.replace(SHARDED, n_kv_heads=1),
-                 marks=pytest.mark.slow),
+                 True, marks=pytest.mark.slow),
 ])
-def test_sharded_matches_single_device(mesh_shape, config):
+def test_sharded_matches_single_device(mesh_shape, config, check_cache):
+  """Forward + grad (and a cached prefill) on a mesh equal the single-device results."""
   assert len(jax.devices()) >= 8, "needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
   c = config
   model = Transformer(c)
@@ -256,17 +258,19 @@ def test_sharded_matches_single_device(mesh_shape, config):
     batch = jax.device_put(tokens, sharding.batch_sharding(mesh))
     loss, grads = _jit(jax.value_and_grad(_loss(c)), out_shardings=(None, shardings))(
         params, batch)
-    cache_shardings = {k: jax.sharding.NamedSharding(
-        mesh, sharding.logical_spec(cache_axes[k], v.shape, mesh)) for k, v in cache.items()}
-    s_logits, _, s_cache = _jit(lambda v, t, k: model.apply(v, t, cache=k),
-                                   out_shardings=(None, None, cache_shardings))(
-        params, jax.device_put(tokens[:, :5], sharding.batch_sharding(mesh)),
-        jax.device_put(cache, cache_shardings))
+    if check_cache:
+      cache_shardings = {k: jax.sharding.NamedSharding(
+          mesh, sharding.logical_spec(cache_axes[k], v.shape, mesh)) for k, v in cache.items()}
+      s_logits, _, s_cache = _jit(lambda v, t, k: model.apply(v, t, cache=k),
+                                  out_shardings=(None, None, cache_shardings))(
+          params, jax.device_put(tokens[:, :5], sharding.batch_sharding(mesh)),
+          jax.device_put(cache, cache_shardings))
 
   host_params = jax.tree.map(np.asarray, params)
   ref_loss, ref_grads, ref_logits, ref_cache = _single_device(c, host_params, tokens, cache)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4),
                grads, ref_grads)
-  np.testing.assert_allclose(s_logits, ref_logits, atol=1e-5, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_cache, ref_cache)
+  if check_cache:
+    np.testing.assert_allclose(s_logits, ref_logits, atol=1e-5, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_cache, ref_cache)
