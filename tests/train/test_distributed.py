@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -29,37 +30,52 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, data, devices: int, extra=(), process_args=()):
+def _launch(workdir, data, devices: int, extra=(), process_args=(), tag="run"):
+  """Starts one train.main process; stdout/stderr go to files next to the workdir."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   args = [sys.executable, "-m", "train.main", "--config=experiments/quickstart.py:tiny",
           f"--workdir={workdir}", f"--data={data}", *MESH, *extra, *process_args]
-  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  log = f"{workdir}.{tag}"
+  with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+  proc.log = log
+  return proc
 
 
 def _finish(procs) -> list[dict]:
-  """Waits for all processes (killing every one on the first failure); returns summaries."""
-  outputs = []
+  """Waits for all processes, killing every one as soon as one fails; returns the summaries."""
+  deadline = time.monotonic() + TIMEOUT_S
   try:
-    for proc in procs:
-      stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-      if proc.returncode != 0:
-        raise AssertionError(f"{proc.args} failed ({proc.returncode}):\n{stderr[-4000:]}")
-      outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    while any(p.poll() is None for p in procs):
+      failed = [p for p in procs if p.poll() not in (None, 0)]
+      if failed or time.monotonic() > deadline:
+        culprit = failed[0] if failed else procs[0]
+        with open(f"{culprit.log}.err") as f:
+          raise AssertionError(f"{culprit.args} failed ({culprit.poll()}, or timed out after "
+                               f"{TIMEOUT_S} s):\n{f.read()[-4000:]}")
+      time.sleep(0.2)
+    for p in procs:
+      if p.returncode:
+        with open(f"{p.log}.err") as f:
+          raise AssertionError(f"{p.args} failed ({p.returncode}):\n{f.read()[-4000:]}")
   finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  return outputs
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  summaries = []
+  for p in procs:
+    with open(f"{p.log}.out") as f:
+      summaries.append(json.loads(f.read().strip().splitlines()[-1]))
+  return summaries
 
 
-def _launch_pair(workdir, data, extra=()):
+def _launch_pair(workdir, data, extra=(), tag="p"):
   address = f"localhost:{_free_port()}"
   return [_launch(workdir, data, 1, extra,
                   [f"--coordinator_address={address}", "--num_processes=2",
-                   f"--process_id={i}"]) for i in range(2)]
+                   f"--process_id={i}"], tag=f"{tag}{i}") for i in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +88,7 @@ def runs(tmp_path_factory):
   single = _launch(root / "single", data, 2)
   pair = _launch_pair(root / "multi", data, ["--stop_at_step=4"])
   first = _finish(pair + [single])
-  resumed = _finish(_launch_pair(root / "multi", data))
+  resumed = _finish(_launch_pair(root / "multi", data, tag="resumed"))
   return dict(root=root, first=first[:2], single=first[2], resumed=resumed)
 
 

@@ -1,0 +1,221 @@
+r"""Greedy decode throughput against the memory-bandwidth roofline, on one device.
+
+  python -m experiments.bench_decode --preset=125m --batch_sizes=1,16 --prompt_len=128 \
+      --gen_tokens=256 [--dtype=bfloat16] [--workdir=RUN_DIR]
+
+Parameters are random (or the latest checkpoint of --workdir) and are cast once to the
+compute dtype, as a serving setup would. For each batch size B it prefills B random prompts
+of --prompt_len tokens, runs --warmup decode steps (the first compiles), then times
+--gen_tokens steps of `Decoder.decode_step` (greedy sampling included, no host sync per
+step) and reports decode tokens/s = B * gen_tokens / time.
+
+Roofline: a decode step must read every weight once plus the KV cache, so
+  bytes/step = parameter bytes read + KV cache bytes read
+  roofline tokens/s = B * copy bandwidth / bytes/step,
+where the copy bandwidth ((read + write) bytes / s of a large array copy into its own donated
+buffer) is measured in the same run on the same device (train.hardware.
+measure_inplace_copy_bandwidth; hardware.measure_copy_bandwidth, which allocates a fresh
+output and on CPU mostly measures page faults, is reported alongside). Parameter bytes are all
+parameters in the compute dtype except the input token table (untied) and learned position
+table, of which only B rows are read; MoE presets count all experts (the XLA dispatch
+multiplies every expert's buffer). KV cache bytes are the FULL cache capacity
+(2 * n_layers * B * capacity * kv_heads * head_dim * itemsize), not the filled prefix: the
+XLA attention path reads and masks the whole cache every step. Capacity is the decoder's
+power-of-two bucket of prompt + warmup + gen_tokens (at most max_len). The last stdout line
+is one JSON object with every figure.
+"""
+
+import time
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from experiments import bench_train
+from infer import sampling
+from infer.decode import Decoder
+from infer.loading import load_model
+from model import config as model_config_lib
+from model import flops
+from model.config import ModelConfig, compute_dtype
+from model.transformer import Transformer
+from train import hardware
+
+_FLAGS = flags.FlagValues()
+flags.DEFINE_string("preset", "", "Model preset (model/config.py PRESETS); default: small on "
+                    "CPU, 125m on accelerators. Ignored with --workdir.", flag_values=_FLAGS)
+flags.DEFINE_string("workdir", "", "Run directory whose latest checkpoint to load instead of "
+                    "random parameters.", flag_values=_FLAGS)
+flags.DEFINE_string("batch_sizes", "", "Comma-separated batch sizes; default '1,8'.",
+                    flag_values=_FLAGS)
+flags.DEFINE_integer("prompt_len", 0, "Prompt tokens P; 0: 32 on CPU, 128 otherwise.",
+                     flag_values=_FLAGS)
+flags.DEFINE_integer("gen_tokens", 0, "Timed decode steps T; 0: 32 on CPU, 256 otherwise.",
+                     flag_values=_FLAGS)
+flags.DEFINE_integer("warmup", 2, "Untimed decode steps first (the first compiles).",
+                     flag_values=_FLAGS)
+flags.DEFINE_enum("dtype", "", ["", *model_config_lib.DTYPES],
+                  "Compute dtype; default float32 on CPU, bfloat16 otherwise.", flag_values=_FLAGS)
+flags.DEFINE_integer("copy_mbytes", 0, "Size of the bandwidth-reference copy in MiB; 0: 256 on "
+                     "CPU, 2048 otherwise.", flag_values=_FLAGS)
+flags.DEFINE_integer("seed", 0, "Parameter and prompt seed.", flag_values=_FLAGS)
+
+_CPU_DEFAULTS = dict(preset="small", prompt_len=32, gen_tokens=32)
+_ACCELERATOR_DEFAULTS = dict(preset="125m", prompt_len=128, gen_tokens=256)
+
+
+def param_bytes_read(params, config: ModelConfig, batch: int) -> int:
+  """Bytes of `params` one decode step reads (tables read by row count only B rows)."""
+  row_tables = [("pos_embed", "embedding")] if config.pos_encoding == "learned" else []
+  if not config.tie_embeddings:
+    row_tables.append(("embed", "embedding"))
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  for module, name in row_tables:
+    table = params[module][name]
+    total -= (table.shape[0] - min(batch, table.shape[0])) * table.shape[1] * table.dtype.itemsize
+  return int(total)
+
+
+def kv_cache_bytes(cache: dict) -> int:
+  """Bytes of the k and v buffers at full capacity (what the XLA attention reads)."""
+  return int(sum(cache[name].size * cache[name].dtype.itemsize for name in ("k", "v")))
+
+
+def benchmark_decode(decoder: Decoder, params, batch: int, prompt_len: int, gen_tokens: int,
+                     bandwidth: float, warmup: int = 2, seed: int = 0) -> dict:
+  """Times `gen_tokens` greedy decode steps for `batch` rows after `warmup` untimed ones."""
+  config = decoder.config
+  if warmup < 1 or gen_tokens < 1:
+    raise ValueError(f"--warmup ({warmup}) and --gen_tokens ({gen_tokens}) must be >= 1")
+  if prompt_len + warmup + gen_tokens > config.max_len:
+    raise ValueError(f"prompt_len + warmup + gen_tokens = {prompt_len + warmup + gen_tokens} "
+                     f"exceeds the model's max_len={config.max_len}; lower --prompt_len or "
+                     "--gen_tokens")
+  rng = np.random.default_rng([seed, batch])
+  prompts = rng.integers(0, config.vocab_size, size=(batch, prompt_len)).tolist()
+  greedy = sampling.make_sampling_params(batch, "greedy")
+  key = jax.random.key(seed)
+
+  decoder.prefill(params, prompts, warmup + gen_tokens)  # compiles prefill
+  start = time.perf_counter()
+  logits_BV, cache = decoder.prefill(params, prompts, warmup + gen_tokens)
+  jax.block_until_ready(logits_BV)
+  prefill_seconds = time.perf_counter() - start
+  capacity = int(cache["k"].shape[2])
+  cache_bytes = kv_cache_bytes(cache)
+  tokens_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+  start = time.perf_counter()
+  tokens_B, _, cache = decoder.decode_step(params, cache, tokens_B, key, greedy)
+  jax.block_until_ready(tokens_B)
+  compile_seconds = time.perf_counter() - start
+  for _ in range(warmup - 1):
+    tokens_B, _, cache = decoder.decode_step(params, cache, tokens_B, key, greedy)
+  jax.block_until_ready(tokens_B)
+  start = time.perf_counter()
+  for _ in range(gen_tokens):
+    tokens_B, _, cache = decoder.decode_step(params, cache, tokens_B, key, greedy)
+  jax.block_until_ready((tokens_B, cache))
+  elapsed = time.perf_counter() - start
+
+  weights = param_bytes_read(params, config, batch)
+  step_bytes = weights + cache_bytes
+  tokens_per_s = batch * gen_tokens / elapsed
+  roofline = batch * bandwidth / step_bytes
+  return dict(
+      batch_size=batch, prompt_len=prompt_len, gen_tokens=gen_tokens, cache_capacity=capacity,
+      prefill_seconds=prefill_seconds, prefill_tokens_per_s=batch * prompt_len / prefill_seconds,
+      decode_compile_seconds=compile_seconds, step_seconds=elapsed / gen_tokens,
+      tokens_per_s=tokens_per_s, param_bytes_read=weights, kv_cache_bytes_read=cache_bytes,
+      bytes_per_step=step_bytes, achieved_gb_per_s=step_bytes * gen_tokens / elapsed / 1e9,
+      roofline_tokens_per_s=roofline, roofline_fraction=tokens_per_s / roofline,
+      decode_flops_per_token=flops.forward_flops_per_token(config, capacity))
+
+
+def describe(name: str, config: ModelConfig, r: dict) -> str:
+  return (
+      f"{name} {config.dtype} batch {r['batch_size']}, prompt {r['prompt_len']}, "
+      f"{r['gen_tokens']} new tokens (cache capacity {r['cache_capacity']}):\n"
+      f"  decode {r['tokens_per_s']:,.1f} tokens/s ({1e3 * r['step_seconds']:.2f} ms/step, "
+      f"compile {r['decode_compile_seconds']:.1f} s); prefill {r['prefill_tokens_per_s']:,.0f} "
+      f"tokens/s\n"
+      f"  bytes/step {r['bytes_per_step'] / 1e6:.2f} MB (params {r['param_bytes_read'] / 1e6:.2f}"
+      f" + KV cache {r['kv_cache_bytes_read'] / 1e6:.2f}) -> roofline "
+      f"{r['roofline_tokens_per_s']:,.0f} tokens/s; achieved {100 * r['roofline_fraction']:.1f}%"
+      f" ({r['achieved_gb_per_s']:.2f} GB/s)")
+
+
+def load_params(preset: str, workdir: str, dtype: str, seed: int):
+  """(name, config, params on one device in the compute dtype) from a preset or a run dir."""
+  device = jax.local_devices()[0]
+  if workdir:
+    loaded = load_model(workdir, dtype=dtype)
+    name, config, params = workdir, loaded.config.model, loaded.params
+  else:
+    name, config = preset, model_config_lib.preset(preset, dtype=dtype)
+    init = lambda key: nn.unbox(Transformer(config).init(key, jnp.zeros((1, 8), jnp.int32)))
+    with jax.default_device(device):
+      params = jax.jit(init)(jax.random.key(seed))["params"]
+  cast = compute_dtype(config)
+  params = jax.device_put(jax.tree.map(lambda x: x.astype(cast), params), device)
+  return name, config, params
+
+
+def run(preset: str, batch_sizes: Sequence[int], prompt_len: int, gen_tokens: int,
+        warmup: int = 2, dtype: str = "", workdir: str = "", copy_mbytes: int = 0,
+        seed: int = 0) -> dict:
+  """Benchmarks each batch size; prints a readable block per run and returns the summary."""
+  dtype = dtype or bench_train.default_dtype()
+  name, config, params = load_params(preset, workdir, dtype, seed)
+  mesh = bench_train.build_mesh({"data": 1})
+  decoder = Decoder(config, mesh)
+  n_bytes = (copy_mbytes or (256 if bench_train.on_cpu() else 2048)) << 20
+  bandwidth = hardware.measure_inplace_copy_bandwidth(n_bytes)
+  fresh_bandwidth = hardware.measure_copy_bandwidth(n_bytes)
+  print(f"reference copy of {n_bytes >> 20} MiB: {bandwidth / 1e9:.3g} GB/s in place (the "
+        f"roofline's), {fresh_bandwidth / 1e9:.3g} GB/s into a fresh buffer", flush=True)
+  counts = flops.param_counts(config)
+  results = []
+  for batch in batch_sizes:
+    result = benchmark_decode(decoder, params, batch, prompt_len, gen_tokens, bandwidth, warmup,
+                              seed)
+    print(describe(name, config, result), flush=True)
+    results.append(result)
+  summary = dict(benchmark="decode", **bench_train.device_info(), model=name,
+                 dtype=config.dtype, params=counts["total"], params_active=counts["active"],
+                 copy_bytes=n_bytes, copy_bandwidth_gb_per_s=bandwidth / 1e9,
+                 copy_bandwidth_fresh_output_gb_per_s=fresh_bandwidth / 1e9,
+                 kv_cache_read="full capacity", results=results)
+  bench_train.print_summary(summary)
+  return summary
+
+
+def _run_from_flags() -> dict:
+  defaults = _CPU_DEFAULTS if bench_train.on_cpu() else _ACCELERATOR_DEFAULTS
+  f = _FLAGS
+  try:
+    batch_sizes = [int(b) for b in (f.batch_sizes or "1,8").split(",") if b.strip()]
+  except ValueError:
+    raise ValueError(f"--batch_sizes={f.batch_sizes!r} must be comma-separated integers") from None
+  if not batch_sizes or min(batch_sizes) < 1:
+    raise ValueError(f"--batch_sizes={f.batch_sizes!r} must list positive integers")
+  return run(f.preset or defaults["preset"], batch_sizes,
+             prompt_len=f.prompt_len or defaults["prompt_len"],
+             gen_tokens=f.gen_tokens or defaults["gen_tokens"], warmup=f.warmup, dtype=f.dtype,
+             workdir=f.workdir, copy_mbytes=f.copy_mbytes, seed=f.seed)
+
+
+def main(argv: Sequence[str]) -> dict:
+  """Parses argv (program name first) into this module's flags and runs; returns the summary."""
+  _FLAGS.unparse_flags()
+  rest = _FLAGS(list(argv))
+  if len(rest) > 1:
+    raise ValueError(f"unexpected arguments {rest[1:]}")
+  return _run_from_flags()
+
+
+if __name__ == "__main__":
+  bench_train.run_cli(_FLAGS, _run_from_flags, __doc__)
