@@ -40,7 +40,8 @@ def chinchilla_preset(name: str) -> SweepSpec:
     return SweepSpec(
         name="smoke", budgets=(4e9, 8e9, 1.6e10), d_models=(16, 32, 64), aspect=32,
         head_dim=16, data=DataConfig(tokenizer="byte", seq_len=32), batch_size=8,
-        shapes_per_budget=3, min_steps=20, eval_windows=16, checkpoints_per_run=1)
+        shapes_per_budget=3, min_steps=20, eval_windows=16, checkpoints_per_run=1,
+        tokens_per_param=2.0)
   if name == "cpu":
     return SweepSpec(
         name="cpu", budgets=(1e11, 2.5e11, 6e11, 1.5e12),
@@ -268,7 +269,7 @@ def design_lines(spec: SweepSpec, data_info: dict | None) -> list:
   return lines
 
 
-def _runs_table(results) -> list:
+def runs_table(results) -> list:
   lines = ["| run | C | N | D | D/N | lr | steps | batch | held-out loss | wall s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
@@ -313,7 +314,7 @@ def write_chinchilla_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bo
   else:
     lines += ["Not run (--lr_check=none).", ""]
   lines += ["## Runs", "", "All runs, including the LR check (`results.csv` has every column).",
-            ""] + _runs_table(results) + [""]
+            ""] + runs_table(results) + [""]
   total = sum(r["wall_time_s"] for r in results)
   lines += [f"Training wall time of the finished runs: {total / 60:.1f} min."]
   if timing:

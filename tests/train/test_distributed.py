@@ -33,7 +33,8 @@ def _free_port() -> int:
 def _launch(workdir, data, devices: int, extra=(), process_args=(), tag="run"):
   """Starts one train.main process; stdout/stderr go to files next to the workdir."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0"))  # compiles 3-4x faster
   args = [sys.executable, "-m", "train.main", "--config=experiments/quickstart.py:tiny",
           f"--workdir={workdir}", f"--data={data}", *MESH, *extra, *process_args]
   log = f"{workdir}.{tag}"
