@@ -38,23 +38,23 @@ def chinchilla_preset(name: str) -> SweepSpec:
   """The sweep of each preset (sizes measured on this repository's 2-core CPU machine)."""
   if name == "smoke":
     return SweepSpec(
-        name="smoke", budgets=(4e9, 8e9, 1.6e10), d_models=(16, 32, 64), aspect=32,
+        name="smoke", budgets=(5e9, 1e10, 2e10), d_models=(16, 32, 64), aspect=32,
         head_dim=16, data=DataConfig(tokenizer="byte", seq_len=32), batch_size=8,
         shapes_per_budget=3, min_steps=20, eval_windows=16, checkpoints_per_run=1,
         tokens_per_param=2.0)
   if name == "cpu":
     return SweepSpec(
-        name="cpu", budgets=(1e11, 2.5e11, 6e11, 1.5e12),
+        name="cpu", budgets=(2.5e11, 5e11, 1e12, 2e12),
         d_models=(16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160), aspect=32, head_dim=16,
-        data=DataConfig(tokenizer="byte", seq_len=128), batch_size=64, shapes_per_budget=5,
-        eval_windows=512, checkpoints_per_run=2)
+        data=DataConfig(tokenizer="byte", seq_len=128), batch_size=8, min_batch_size=8,
+        min_steps=100, shapes_per_budget=5, eval_windows=512, checkpoints_per_run=2)
   if name == "gpu":
     return SweepSpec(
         name="gpu", budgets=(1e15, 2.5e15, 6e15, 1.5e16),
         d_models=tuple(range(128, 1025, 64)), aspect=64, head_dim=64,
         base_model=ModelConfig(vocab_size=shapes_lib.BYTE_VOCAB, dtype="bfloat16"),
-        data=DataConfig(tokenizer="byte", seq_len=512), batch_size=128, min_batch_size=8,
-        shapes_per_budget=5, eval_windows=1024, checkpoints_per_run=4, lr_base=1.5e-3,
+        data=DataConfig(tokenizer="byte", seq_len=512), batch_size=64, min_batch_size=8,
+        min_steps=250, shapes_per_budget=5, eval_windows=1024, checkpoints_per_run=4, lr_base=1.5e-3,
         lr_ref_width=512)
   raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
 
@@ -279,17 +279,38 @@ def runs_table(results) -> list:
   return lines
 
 
+def analyze_runs(rows, bootstrap: int, bootstrap_parametric: int) -> dict:
+  """experiments.scaling.analyze; if it raises on degenerate data (e.g. a parametric fit that
+  overflows), the three approaches one by one with each failure reported as skipped, so a
+  finished sweep always gets its report."""
+  from experiments.scaling import approaches
+  try:
+    return approaches.analyze(rows, bootstrap=bootstrap,
+                              bootstrap_parametric=bootstrap_parametric)
+  except ValueError as e:
+    logging.warning("analysis failed (%s); fitting the approaches one at a time", e)
+  out = {"n_runs": len(rows), "dropped_runs": [], "confidence": 0.95,
+         "budgets": sorted({r["budget"] for r in rows})}
+  for name, fn, kw in (("approach1", approaches.approach1, {"bootstrap": bootstrap}),
+                       ("approach2", approaches.approach2, {"bootstrap": bootstrap}),
+                       ("approach3", approaches.approach3, {"bootstrap": bootstrap_parametric})):
+    try:
+      out[name] = fn(rows, **kw)
+    except ValueError as e:
+      out[name] = {"skipped": f"fit failed: {e}"}
+  return out
+
+
 def write_chinchilla_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool,
                             bootstrap: int, data_info: dict | None = None,
                             timing: dict | None = None) -> dict:
   """Analyses the finished IsoFLOP runs; writes report.md, plots, CSVs and analysis.json."""
-  from experiments.scaling import approaches, report
+  from experiments.scaling import report
   results, missing = sweep_lib.collect_results(workdir, runs)
   rows = [r for r in sweep_lib.analysis_rows(results) if r["loss"] is not None]
   if not rows:
     raise ValueError(f"no finished runs with a finite loss in {workdir}; train the sweep first")
-  analysis = approaches.analyze(rows, bootstrap=bootstrap,
-                                bootstrap_parametric=min(bootstrap, 50 if is_smoke else 200))
+  analysis = analyze_runs(rows, bootstrap, min(bootstrap, 50 if is_smoke else 200))
   analysis["lr_check"] = _lr_check(results)
   analysis["sweep_checks"] = _sweep_checks(analysis)
   analysis["missing_runs"] = missing

@@ -12,28 +12,18 @@ interrupted save never replaces a good checkpoint.
 
 import json
 import os
-import tempfile
 
 import jax
 import orbax.checkpoint as ocp
 
 from train.config import Config
+from train.files import write_json_atomic
 
 CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-  """Writes JSON to a temp file in the same folder, then renames it over `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def save_config(workdir: str, config: Config) -> None:

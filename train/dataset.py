@@ -10,7 +10,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import time
 from typing import Sequence
 
@@ -19,6 +18,7 @@ from absl import logging
 
 from train import corpus as corpus_lib
 from train import tokenizer as tokenizer_lib
+from train.files import save_npy_atomic, write_json_atomic
 
 _FORMAT_VERSION = 1
 _ENCODE_CHUNK_CHARS = 1 << 20
@@ -59,29 +59,6 @@ def tokenize_documents(tokenizer: tokenizer_lib.Tokenizer, documents: Sequence[s
   return np.concatenate(parts) if parts else np.zeros((0,), dtype)
 
 
-def _save_npy_atomic(path: str, array: np.ndarray) -> None:
-  """np.save via a temporary file in the same directory and os.replace: never half-written."""
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, array)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _save_json_atomic(path: str, obj: dict) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def tokens_cache_key(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokenizer,
                      val_fraction: float) -> str:
   settings = dict(corpus=corpus.fingerprint, tokenizer=tokenizer.fingerprint,
@@ -108,13 +85,13 @@ def build_token_files(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokeni
               tokenizer_fingerprint=tokenizer.fingerprint, val_fraction=val_fraction)
   for split, docs in (("train", train_docs), ("val", val_docs)):
     tokens = tokenize_documents(tokenizer, docs, label=split)
-    _save_npy_atomic(os.path.join(directory, f"{split}.npy"), tokens)
+    save_npy_atomic(os.path.join(directory, f"{split}.npy"), tokens)
     meta[f"n_{split}_documents"] = len(docs)
     meta[f"n_{split}_bytes"] = sum(len(d.encode("utf-8")) for d in docs)
     meta[f"n_{split}_tokens"] = int(tokens.size)
   meta["tokenize_seconds"] = time.perf_counter() - start
   meta["dtype"] = str(token_dtype(tokenizer.vocab_size))
-  _save_json_atomic(meta_path, meta)
+  write_json_atomic(meta_path, meta)
   logging.info("tokenized %s in %.1f s: %d train / %d val tokens -> %s", corpus.name,
                meta["tokenize_seconds"], meta["n_train_tokens"], meta["n_val_tokens"], directory)
   return directory, meta

@@ -16,6 +16,7 @@ from model import flops, sharding
 from train import checkpoint, hardware
 from train.config import Config
 from train.dataset import build_datasets
+from train.files import write_json_atomic
 from train.step import Trainer
 
 
@@ -121,7 +122,7 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
   _check_resumable(workdir, config)
   if jax.process_index() == 0:
     checkpoint.save_config(workdir, config)
-    checkpoint.write_json_atomic(os.path.join(workdir, checkpoint.DATA_FILE), data_info)
+    write_json_atomic(os.path.join(workdir, checkpoint.DATA_FILE), data_info)
     tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_DIR))
 
   trainer = Trainer(config, mesh)

@@ -300,10 +300,17 @@ def _steps_for(spec: SweepSpec, budget: float, fpt: int, batch: int) -> int:
 
 
 def _group_batch(spec: SweepSpec, budget: float, stats: list) -> int:
-  """Largest batch (batch_size halved) giving every run of the group >= min_steps steps."""
+  """Largest batch (batch_size halved) giving every run of the group >= min_steps steps and
+  a compute within tolerance of the budget."""
+  def ok(batch):
+    for s in stats:
+      steps = _steps_for(spec, budget, s["flops_per_token"], batch)
+      error = steps * batch * spec.seq_len * s["flops_per_token"] / budget - 1
+      if steps < spec.min_steps or abs(error) > spec.tolerance:
+        return False
+    return True
   batch = spec.batch_size
-  while batch // 2 >= spec.min_batch_size and batch % 2 == 0 and min(
-      _steps_for(spec, budget, s["flops_per_token"], batch) for s in stats) < spec.min_steps:
+  while not ok(batch) and batch // 2 >= spec.min_batch_size and batch % 2 == 0:
     batch //= 2
   return batch
 
