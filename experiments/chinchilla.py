@@ -31,11 +31,25 @@ from model.config import ModelConfig
 from train.config import DataConfig
 
 PRESETS = ("smoke", "cpu", "gpu")
-FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
+                          "--xla_llvm_disable_expensive_passes=true")
 
 
 def chinchilla_preset(name: str) -> SweepSpec:
-  """The sweep of each preset (sizes measured on this repository's 2-core CPU machine)."""
+  """The sweep of each preset.
+
+  cpu: sized on this repository's 2-core CPU machine (quiet): 0.2M tokens/s for l1d16 down to
+  10k tokens/s (~27 GFLOP/s) for l3d96, 5-8 s of compilation per run, so 27 runs (5 budgets x
+  5 shapes + 2 LR checks, 2.3e13 FLOPs) take ~23 min plus ~0.5 min of analysis. The budgets
+  are boxed in by the corpus above (the largest run reads 96% of the 11.8M training tokens
+  once) and by the smallest sensible model below (l1d16, 12k parameters, 72% embeddings).
+  Batches are 8 x 128 tokens because these budgets are step-limited: in a pilot at 2.5e11
+  FLOPs, l2d48's held-out loss was 2.74 / 2.45 / 2.29 / 1.87 / 1.88 at batch 64 / 32 / 16 / 8
+  / 4 (same tokens), and the LR rule's value beat x0.5 and x2.
+  gpu: not run here. 1.25e17 FLOPs; at 150-200 TFLOP/s achieved (15-20% bf16 MFU at these
+  widths) ~12 min of training plus ~20 s of compilation per run: ~20 min on one H100. Its
+  runs read up to 5.8e8 tokens, far beyond the embedded corpus: pass --data.
+  """
   if name == "smoke":
     return SweepSpec(
         name="smoke", budgets=(5e9, 1e10, 2e10), d_models=(16, 32, 64), aspect=32,
@@ -44,7 +58,7 @@ def chinchilla_preset(name: str) -> SweepSpec:
         tokens_per_param=2.0)
   if name == "cpu":
     return SweepSpec(
-        name="cpu", budgets=(2.5e11, 5e11, 1e12, 2e12),
+        name="cpu", budgets=(2.5e11, 4.2e11, 7e11, 1.2e12, 2e12),
         d_models=(16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160), aspect=32, head_dim=16,
         data=DataConfig(tokenizer="byte", seq_len=128), batch_size=8, min_batch_size=8,
         min_steps=100, shapes_per_budget=5, eval_windows=512, checkpoints_per_run=2)
@@ -54,56 +68,66 @@ def chinchilla_preset(name: str) -> SweepSpec:
         d_models=tuple(range(128, 1025, 64)), aspect=64, head_dim=64,
         base_model=ModelConfig(vocab_size=shapes_lib.BYTE_VOCAB, dtype="bfloat16"),
         data=DataConfig(tokenizer="byte", seq_len=512), batch_size=64, min_batch_size=8,
-        min_steps=250, shapes_per_budget=5, eval_windows=1024, checkpoints_per_run=4, lr_base=1.5e-3,
-        lr_ref_width=512)
+        min_steps=250, shapes_per_budget=5, eval_windows=1024, checkpoints_per_run=4,
+        lr_base=1.5e-3, lr_ref_width=512)
   raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
 
 
 # ----------------------------------------------------------------------------- flags
 
-_PRESET = flags.DEFINE_enum("preset", None, list(PRESETS), "Sweep size.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: runs/, report, plots, CSV.")
-_BUDGETS = flags.DEFINE_list("budgets", None, "Compute budgets C in FLOPs, e.g. 1e11,3e11.")
-_D_MODELS = flags.DEFINE_list("d_models", None, "Model grid: widths (n_layers = d / aspect).")
-_ASPECT = flags.DEFINE_integer("aspect", None, "d_model per layer in the model family.")
-_HEAD_DIM = flags.DEFINE_integer("head_dim", None, "Attention head size.")
-_SHAPES = flags.DEFINE_integer("shapes_per_budget", None, "Model sizes per budget (>= 3).")
-_SPREAD = flags.DEFINE_float("spread", None, "Ratio of largest to smallest N per budget.")
-_TPP = flags.DEFINE_float("tokens_per_param", None,
-                          "D/N that predicts each budget's optimum (the grid's centre).")
-_TOKENIZER = flags.DEFINE_enum("tokenizer", None, ["byte", "sentencepiece"], "Tokenizer.")
-_SP_VOCAB = flags.DEFINE_integer("sp_vocab_size", None, "Sentencepiece vocabulary size.")
-_DATA = flags.DEFINE_string("data", None, "Text/jsonl corpus path or glob (default: embedded).")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Batch size (halved for too-short runs).")
-_MIN_BATCH = flags.DEFINE_integer("min_batch_size", None, "Smallest batch size allowed.")
-_MIN_STEPS = flags.DEFINE_integer("min_steps", None, "Fewest optimizer steps per run.")
-_LR_BASE = flags.DEFINE_float("lr_base", None, "Peak LR at width lr_ref_width.")
-_LR_REF = flags.DEFINE_integer("lr_ref_width", None, "Width at which the peak LR is lr_base.")
-_LR_EXP = flags.DEFINE_float("lr_width_exponent", None, "lr ~ (lr_ref_width / d)^this.")
-_LR_FLOOR = flags.DEFINE_float("lr_floor", None, "Final LR as a fraction of the peak.")
-_WARMUP_FRACTION = flags.DEFINE_float("warmup_fraction", None,
-                                      "Most warmup as a fraction of a run's steps.")
-_WARMUP_TPP = flags.DEFINE_float("warmup_tokens_per_param", None,
-                                 "Warmup length in tokens per parameter (~1: N tokens).")
-_LR_CHECK = flags.DEFINE_list("lr_check", None,
-                              "LR multipliers tried on the smallest budget's middle shape; "
-                              "'none' disables.")
-_EVAL_WINDOWS = flags.DEFINE_integer("eval_windows", None,
-                                     "Validation windows every run is evaluated on.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype.")
-_SHARD = flags.DEFINE_integer("shard_index", 0, "This machine's shard (runs index % k == i).")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of machines sharing the sweep.")
-_ANALYZE_ONLY = flags.DEFINE_bool("analyze_only", False, "Only gather results and report.")
-_ESTIMATE = flags.DEFINE_bool("estimate", None,
-                              "Measure two shapes and print a wall-time estimate first "
-                              "(default: on for cpu and gpu).")
-_ESTIMATE_ONLY = flags.DEFINE_bool("estimate_only", False, "Print the estimate and exit.")
-_ALLOW_REPEATS = flags.DEFINE_bool("allow_repeated_tokens", False,
-                                   "Warn instead of failing when a run needs > 1 epoch.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples for the intervals.")
-_FAST_COMPILE = flags.DEFINE_bool("fast_compile", None,
-                                  "Cheaper XLA compilation, slower steps (default: smoke only).")
+FLAGS = flags.FLAGS
+
+# Flags that set the SweepSpec field of the same name (None keeps the preset's value).
+_SPEC_FLAGS = ("aspect", "head_dim", "shapes_per_budget", "spread", "tokens_per_param",
+               "batch_size", "min_batch_size", "min_steps", "lr_base", "lr_ref_width",
+               "lr_width_exponent", "lr_floor", "warmup_fraction", "warmup_tokens_per_param",
+               "eval_windows")
+
+
+def define_flags() -> None:
+  """Defines the sweep CLIs' flags, once. Importing this module defines none, so tests and
+  other CLIs (experiments.fit_scaling has --bootstrap too) can import it freely."""
+  if "budgets" in FLAGS:
+    return
+  flags.DEFINE_enum("preset", None, list(PRESETS), "Sweep size.")
+  flags.DEFINE_string("workdir", None, "Sweep directory: runs/, report, plots, CSV.")
+  flags.DEFINE_list("budgets", None, "Compute budgets C in FLOPs, e.g. 1e11,3e11.")
+  flags.DEFINE_list("d_models", None, "Model grid: widths (n_layers = d_model / aspect).")
+  flags.DEFINE_integer("aspect", None, "d_model per layer in the model family.")
+  flags.DEFINE_integer("head_dim", None, "Attention head size (about).")
+  flags.DEFINE_integer("shapes_per_budget", None, "Model sizes per budget (>= 3).")
+  flags.DEFINE_float("spread", None, "Ratio of largest to smallest N per budget.")
+  flags.DEFINE_float("tokens_per_param", None,
+                     "D/N that predicts each budget's optimum (the grid's centre).")
+  flags.DEFINE_enum("tokenizer", None, ["byte", "sentencepiece"], "Tokenizer.")
+  flags.DEFINE_integer("sp_vocab_size", None, "Sentencepiece vocabulary size.")
+  flags.DEFINE_string("data", None, "Text/jsonl corpus path or glob (default: embedded).")
+  flags.DEFINE_integer("seq_len", None, "Sequence length.")
+  flags.DEFINE_integer("batch_size", None, "Batch size (halved for too-short runs).")
+  flags.DEFINE_integer("min_batch_size", None, "Smallest batch size allowed.")
+  flags.DEFINE_integer("min_steps", None, "Fewest optimizer steps per run.")
+  flags.DEFINE_float("lr_base", None, "Peak LR at width lr_ref_width.")
+  flags.DEFINE_integer("lr_ref_width", None, "Width at which the peak LR is lr_base.")
+  flags.DEFINE_float("lr_width_exponent", None, "lr ~ (lr_ref_width / d_model)^this.")
+  flags.DEFINE_float("lr_floor", None, "Final LR as a fraction of the peak.")
+  flags.DEFINE_float("warmup_fraction", None, "Most warmup as a fraction of a run's steps.")
+  flags.DEFINE_float("warmup_tokens_per_param", None,
+                     "Warmup length in tokens per parameter (~1: N tokens).")
+  flags.DEFINE_list("lr_check", None, "LR multipliers tried on the smallest budget's middle "
+                    "shape; 'none' disables.")
+  flags.DEFINE_integer("eval_windows", None, "Validation windows every run is evaluated on.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype.")
+  flags.DEFINE_integer("shard_index", 0, "This machine's shard (runs with index % k == i).")
+  flags.DEFINE_integer("num_shards", 1, "Number of machines sharing the sweep.")
+  flags.DEFINE_bool("analyze_only", False, "Only gather the results and write the report.")
+  flags.DEFINE_bool("estimate", None, "Measure two shapes and print a wall-time estimate "
+                    "first (default: on for cpu and gpu).")
+  flags.DEFINE_bool("estimate_only", False, "Print the estimate and exit.")
+  flags.DEFINE_bool("allow_repeated_tokens", False,
+                    "Warn instead of failing when a run needs more than one epoch.")
+  flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples for the intervals.")
+  flags.DEFINE_bool("fast_compile", None,
+                    "Cheaper XLA compilation, slower steps (default: smoke only).")
 
 
 def _floats(values, name):
@@ -113,37 +137,30 @@ def _floats(values, name):
     raise ValueError(f"--{name} must be a comma-separated list of numbers, got {values}") from None
 
 
-def spec_from_flags(spec: SweepSpec) -> SweepSpec:
-  """Applies the override flags that were given to a preset's spec."""
+OVERRIDE_FLAGS = ("budgets", "d_models", "lr_check", "seq_len", "data", "tokenizer",
+                  "sp_vocab_size", "dtype") + _SPEC_FLAGS
+
+
+def apply_overrides(spec: SweepSpec, values: dict) -> SweepSpec:
+  """`spec` with the given flag values ({flag: value}; None or absent keeps the preset's)."""
   changes, data, model = {}, {}, {}
-  if _BUDGETS.value:
-    changes["budgets"] = _floats(_BUDGETS.value, "budgets")
-  if _D_MODELS.value:
-    changes["d_models"] = tuple(int(float(d)) for d in _D_MODELS.value)
-  if _LR_CHECK.value is not None:
-    values = [v for v in _LR_CHECK.value if v.lower() != "none"]
-    changes["lr_check"] = _floats(values, "lr_check")
-  for flag, field in ((_ASPECT, "aspect"), (_HEAD_DIM, "head_dim"), (_SHAPES, "shapes_per_budget"),
-                      (_SPREAD, "spread"), (_TPP, "tokens_per_param"), (_BATCH, "batch_size"),
-                      (_MIN_BATCH, "min_batch_size"), (_MIN_STEPS, "min_steps"),
-                      (_LR_BASE, "lr_base"), (_LR_REF, "lr_ref_width"),
-                      (_LR_EXP, "lr_width_exponent"), (_LR_FLOOR, "lr_floor"),
-                      (_WARMUP_FRACTION, "warmup_fraction"),
-                      (_WARMUP_TPP, "warmup_tokens_per_param"), (_EVAL_WINDOWS, "eval_windows")):
-    if flag.value is not None:
-      changes[field] = flag.value
-  if _SPREAD.value is not None:
-    changes["min_spread"] = min(spec.min_spread, _SPREAD.value)
-  if _SEQ_LEN.value is not None:
-    data["seq_len"] = _SEQ_LEN.value
-  if _DATA.value is not None:
-    data["data"] = _DATA.value
-  if _TOKENIZER.value is not None:
-    data["tokenizer"] = _TOKENIZER.value
-  if _SP_VOCAB.value is not None:
-    data["sp_vocab_size"] = _SP_VOCAB.value
-  if _DTYPE.value is not None:
-    model["dtype"] = _DTYPE.value
+  if values.get("budgets"):
+    changes["budgets"] = _floats(values.get("budgets"), "budgets")
+  if values.get("d_models"):
+    changes["d_models"] = tuple(int(float(d)) for d in values.get("d_models"))
+  if values.get("lr_check") is not None:
+    changes["lr_check"] = _floats([v for v in values.get("lr_check") if str(v).lower() != "none"],
+                                  "lr_check")
+  for field in _SPEC_FLAGS:
+    if values.get(field) is not None:
+      changes[field] = values.get(field)
+  if values.get("spread") is not None:
+    changes["min_spread"] = min(spec.min_spread, values.get("spread"))
+  for flag in ("seq_len", "data", "tokenizer", "sp_vocab_size"):
+    if values.get(flag) is not None:
+      data[flag] = values.get(flag)
+  if values.get("dtype") is not None:
+    model["dtype"] = values.get("dtype")
   data_config = dataclasses.replace(spec.data, **data)
   if data_config.tokenizer == "sentencepiece":
     model["vocab_size"] = -(-data_config.sp_vocab_size // 8) * 8
@@ -151,6 +168,10 @@ def spec_from_flags(spec: SweepSpec) -> SweepSpec:
     model["vocab_size"] = shapes_lib.BYTE_VOCAB
   return dataclasses.replace(spec, data=data_config,
                              base_model=dataclasses.replace(spec.base_model, **model), **changes)
+
+
+def spec_from_flags(spec: SweepSpec) -> SweepSpec:
+  return apply_overrides(spec, {name: FLAGS[name].value for name in OVERRIDE_FLAGS})
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -171,20 +192,24 @@ def check_data(spec: SweepSpec, runs, allow_repeats: bool) -> dict:
 
 
 def estimate(runs, workdir: str) -> dict | None:
-  """Measures the smallest and largest unfinished runs' speed; estimates the remaining time."""
+  """Measures the smallest and largest unfinished run of each family (dense / MoE) and
+  estimates the remaining wall time from them."""
   todo = [r for r in runs if sweep_lib.load_result(workdir, r) is None]
   if not todo:
     return None
-  by_n = sorted(todo, key=lambda r: r.params)
-  probes = {r.run_id: r for r in (by_n[0], by_n[-1])}
-  speeds = {}
-  for run_id, run in probes.items():
-    speeds[run_id] = sweep_lib.measure_speed(run.config)
-    logging.info("measured %s (N=%.3g): %.0f tokens/s, %.1f s to compile", run_id, run.params,
-                 speeds[run_id]["tokens_per_s"], speeds[run_id]["compile_s"])
-  est = sweep_lib.estimate_wall_time(todo, speeds)
-  est["speeds"] = speeds
-  return est
+  total, per_run, speeds = 0.0, {}, {}
+  for moe in sorted({r.config.model.is_moe for r in todo}):
+    family = sorted((r for r in todo if r.config.model.is_moe == moe), key=lambda r: r.params)
+    probes = {}
+    for run in (family[0], family[-1]):
+      probes[run.run_id] = sweep_lib.measure_speed(run.config)
+      logging.info("measured %s (N=%.3g): %.0f tokens/s, %.1f s to compile", run.run_id,
+                   run.params, probes[run.run_id]["tokens_per_s"], probes[run.run_id]["compile_s"])
+    est = sweep_lib.estimate_wall_time(family, probes)
+    total += est["total_s"]
+    per_run.update(est["per_run_s"])
+    speeds.update(probes)
+  return {"total_s": total, "per_run_s": per_run, "speeds": speeds}
 
 
 def _lr_check(results) -> dict | None:
@@ -279,21 +304,26 @@ def runs_table(results) -> list:
   return lines
 
 
-def analyze_runs(rows, bootstrap: int, bootstrap_parametric: int) -> dict:
+SMOKE_PARAMETRIC_STARTS = 32  # Approach 3 L-BFGS starts for smoke reports (default 256)
+
+
+def analyze_runs(rows, bootstrap: int, bootstrap_parametric: int, grid=None) -> dict:
   """experiments.scaling.analyze; if it raises on degenerate data (e.g. a parametric fit that
   overflows), the three approaches one by one with each failure reported as skipped, so a
   finished sweep always gets its report."""
   from experiments.scaling import approaches
+  grid = grid or approaches.DEFAULT_GRID
   try:
-    return approaches.analyze(rows, bootstrap=bootstrap,
-                              bootstrap_parametric=bootstrap_parametric)
+    return approaches.analyze(rows, bootstrap=bootstrap, bootstrap_parametric=bootstrap_parametric,
+                              grid=grid)
   except ValueError as e:
     logging.warning("analysis failed (%s); fitting the approaches one at a time", e)
   out = {"n_runs": len(rows), "dropped_runs": [], "confidence": 0.95,
          "budgets": sorted({r["budget"] for r in rows})}
   for name, fn, kw in (("approach1", approaches.approach1, {"bootstrap": bootstrap}),
                        ("approach2", approaches.approach2, {"bootstrap": bootstrap}),
-                       ("approach3", approaches.approach3, {"bootstrap": bootstrap_parametric})):
+                       ("approach3", approaches.approach3,
+                        {"bootstrap": bootstrap_parametric, "grid": grid})):
     try:
       out[name] = fn(rows, **kw)
     except ValueError as e:
@@ -310,7 +340,8 @@ def write_chinchilla_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bo
   rows = [r for r in sweep_lib.analysis_rows(results) if r["loss"] is not None]
   if not rows:
     raise ValueError(f"no finished runs with a finite loss in {workdir}; train the sweep first")
-  analysis = analyze_runs(rows, bootstrap, min(bootstrap, 50 if is_smoke else 200))
+  analysis = analyze_runs(rows, bootstrap, min(bootstrap, 50 if is_smoke else 200),
+                          grid=SMOKE_PARAMETRIC_STARTS if is_smoke else None)
   analysis["lr_check"] = _lr_check(results)
   analysis["sweep_checks"] = _sweep_checks(analysis)
   analysis["missing_runs"] = missing
@@ -397,18 +428,18 @@ def default_bootstrap(preset: str) -> int:
 
 def apply_fast_compile(preset: str) -> None:
   """Smoke runs are compile-bound on CPU: trade step speed for ~2x faster XLA compiles."""
-  enabled = _FAST_COMPILE.value if _FAST_COMPILE.value is not None else preset == "smoke"
+  enabled = FLAGS.fast_compile if FLAGS.fast_compile is not None else preset == "smoke"
   if enabled:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
                                FAST_COMPILE_XLA_FLAGS).strip()
 
 
 def cli_options(preset: str) -> dict:
-  return dict(shard_index=_SHARD.value, num_shards=_NUM_SHARDS.value,
-              analyze_only=_ANALYZE_ONLY.value,
-              do_estimate=_ESTIMATE.value if _ESTIMATE.value is not None else preset != "smoke",
-              estimate_only=_ESTIMATE_ONLY.value, allow_repeats=_ALLOW_REPEATS.value,
-              bootstrap=_BOOTSTRAP.value if _BOOTSTRAP.value is not None
+  return dict(shard_index=FLAGS.shard_index, num_shards=FLAGS.num_shards,
+              analyze_only=FLAGS.analyze_only,
+              do_estimate=FLAGS.estimate if FLAGS.estimate is not None else preset != "smoke",
+              estimate_only=FLAGS.estimate_only, allow_repeats=FLAGS.allow_repeated_tokens,
+              bootstrap=FLAGS.bootstrap if FLAGS.bootstrap is not None
               else default_bootstrap(preset))
 
 
@@ -417,10 +448,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from train import logs
   logs.quiet_library_logs()
-  apply_fast_compile(_PRESET.value)
+  apply_fast_compile(FLAGS.preset)
   try:
-    spec = spec_from_flags(chinchilla_preset(_PRESET.value))
-    out = run_experiment(spec, _WORKDIR.value, **cli_options(_PRESET.value))
+    spec = spec_from_flags(chinchilla_preset(FLAGS.preset))
+    out = run_experiment(spec, FLAGS.workdir, **cli_options(FLAGS.preset))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"chinchilla: error: {e}")
   if out["status"] and out["status"]["interrupted"]:
@@ -428,5 +459,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["preset", "workdir"])
   app.run(main)

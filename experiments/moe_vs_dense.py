@@ -29,10 +29,13 @@ from experiments.scaling.shapes import SweepSpec
 PRESETS = ("smoke", "cpu", "gpu")
 FAMILIES = ("dense", "moe")
 
-_N_EXPERTS = flags.DEFINE_integer("n_experts", 8, "Routed experts per MoE layer.")
-_TOP_K = flags.DEFINE_integer("experts_per_token", 2, "Experts each token is routed to.")
-_CAPACITY = flags.DEFINE_float("capacity_factor", None,
-                               "Expert capacity factor; <= 0 is dropless (default: preset).")
+def define_flags() -> None:
+  """experiments.chinchilla's flags plus the MoE ones (defined only when run as a CLI)."""
+  chinchilla.define_flags()
+  flags.DEFINE_integer("n_experts", 8, "Routed experts per MoE layer.")
+  flags.DEFINE_integer("experts_per_token", 2, "Experts each token is routed to.")
+  flags.DEFINE_float("capacity_factor", None,
+                     "Expert capacity factor; <= 0 is dropless (default: the preset's).")
 
 
 def moe_preset(name: str) -> SweepSpec:
@@ -41,7 +44,7 @@ def moe_preset(name: str) -> SweepSpec:
     return dataclasses.replace(chinchilla.chinchilla_preset("smoke"), name="smoke", lr_check=())
   if name == "cpu":
     return dataclasses.replace(chinchilla.chinchilla_preset("cpu"), name="cpu",
-                               budgets=(1e11, 3e11, 9e11), shapes_per_budget=4, lr_check=())
+                               budgets=(2.5e11, 6e11, 1.5e12), shapes_per_budget=4, lr_check=())
   if name == "gpu":
     gpu = chinchilla.chinchilla_preset("gpu")
     return dataclasses.replace(
@@ -197,7 +200,7 @@ def make_plots(out_dir: str, comparison: dict) -> dict:
                   xytext=(row["C"], row["moe_loss"]),
                   arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 0.8})
   ax.set_xscale("log")
-  ax.set_yscale("log")
+  _plain_minor_ticks(ax)
   ax.set_xlabel("training compute C (FLOPs, active parameters)")
   ax.set_ylabel("IsoFLOP-optimal loss")
   ax.set_title("Loss vs compute; arrows: dense compute matching the MoE loss")
@@ -211,10 +214,18 @@ def make_plots(out_dir: str, comparison: dict) -> dict:
     ax.plot([r["C"] for r in rows], [r["multiplier"] for r in rows], marker="o")
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_xscale("log")
+    _plain_minor_ticks(ax)
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("effective compute multiplier of MoE")
     paths["multiplier"] = _save(fig, os.path.join(out_dir, "compute_multiplier.png"))
   return paths
+
+
+def _plain_minor_ticks(ax) -> None:
+  """Less than a decade of C: label the minor ticks compactly (1.5e+12) so they don't collide."""
+  from matplotlib.ticker import FuncFormatter
+  label = lambda x, _: f"{x:.0e}" if f"{x:.0e}"[0] in "25" else ""
+  ax.xaxis.set_minor_formatter(FuncFormatter(label))
 
 
 def _save(fig, path: str) -> str:
@@ -301,7 +312,8 @@ def main(argv):
   chinchilla.apply_fast_compile(preset)
   try:
     spec = chinchilla.spec_from_flags(moe_preset(preset))
-    specs = family_specs(spec, _N_EXPERTS.value, _TOP_K.value, _CAPACITY.value)
+    specs = family_specs(spec, flags.FLAGS.n_experts, flags.FLAGS.experts_per_token,
+                         flags.FLAGS.capacity_factor)
     out = chinchilla.run_experiment(specs["dense"], flags.FLAGS.workdir,
                                     report_fn=write_moe_report, runs=plan(specs),
                                     **chinchilla.cli_options(preset))
@@ -312,5 +324,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["preset", "workdir"])
   app.run(main)

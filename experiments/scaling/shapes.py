@@ -13,14 +13,16 @@ Conventions, fixed for every sweep (the analysis compares runs only under one ac
   pad to). Padding further to 128 would add 45% of never-trained rows to N at these sizes.
 
 Shape family: d_model from a list, n_layers = round(d_model / aspect) (at least 1), heads of
-about `head_dim` (an even size dividing d_model), the SwiGLU FFN width of ModelConfig's default (~8/3 d_model). MoE members keep
-the dense member's active width: each of the k routed experts has width ffw_dim / k, so one
-token costs the same FLOPs as in the dense member (plus the router).
+about `head_dim` (an even size dividing d_model), the SwiGLU FFN width of ModelConfig's
+default (~8/3 d_model). MoE members keep the dense member's active width: each of the k
+routed experts has width ffw_dim / k, so one token costs the same FLOPs as in the dense
+member (plus the router).
 
 Per budget C: N_opt is predicted from `tokens_per_param` (Chinchilla's ~20: C = F(N) * r * N
-with F the exact FLOPs per token, interpolated over the grid), and the shapes nearest to a
-geometric ladder spanning `spread` (16x) around it are trained. Each IsoFLOP group uses one
-batch size (halved from `batch_size` until its largest model gets >= `min_steps` steps).
+with F the exact FLOPs per token, interpolated over the grid), and the grid shapes closest
+(least squares in ln N) to a geometric ladder of `shapes_per_budget` sizes spanning `spread`
+(16x) around it are trained. Each IsoFLOP group uses one batch size: `batch_size`, halved
+until every run of the group gets >= `min_steps` steps and its compute within `tolerance`.
 
 Schedule of every run: linear warmup over ~`warmup_tokens_per_param` * N tokens (at least
 `min_warmup_steps`, at most `warmup_fraction` of the steps), then cosine decay to
@@ -344,7 +346,7 @@ def _run(spec: SweepSpec, index: int, kind: str, budget: float, shape: Shape, st
       learning_rate=learning_rate(spec, shape.d_model) * lr_multiplier,
       warmup_steps=_warmup_steps(spec, stats["params"], steps, batch * spec.seq_len),
       lr_floor=spec.lr_floor, eval_every=0, eval_batches=spec.eval_windows // batch,
-      checkpoint_every=max(1, math.ceil(steps / spec.checkpoints_per_run)),
+      checkpoint_every=max(1, math.ceil(steps / spec.checkpoints_per_run)), keep_checkpoints=1,
       log_every=max(1, steps // 5), samples=0)
   config = Config(model=spec.model(shape), data=spec.data, train=train, mesh=spec.mesh)
   return RunSpec(run_id=run_id, index=index, kind=kind, budget=float(budget), shape=shape,

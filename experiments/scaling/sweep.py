@@ -221,8 +221,9 @@ def analysis_rows(results: Sequence[dict], kind: str = "isoflop") -> list:
 # ----------------------------------------------------------------------------- wall time
 
 
-def measure_speed(config, steps: int = 4) -> dict:
-  """Compile seconds and steady tokens/s of one config on synthetic tokens (no data, no I/O)."""
+def measure_speed(config, min_seconds: float = 2.0, min_steps: int = 3) -> dict:
+  """Compile seconds and steady tokens/s of one config on synthetic tokens (no data, no I/O),
+  timing at least `min_steps` steps and `min_seconds` seconds."""
   import jax
   import numpy as np
 
@@ -238,9 +239,12 @@ def measure_speed(config, steps: int = 4) -> dict:
   jax.block_until_ready(state)
   trainer.eval_step(state.params, batch)
   compiled = time.perf_counter()
-  for _ in range(steps):
-    state, _ = trainer.train_step(state, batch)
-  jax.block_until_ready(state)
+  steps = 0
+  while steps < min_steps or time.perf_counter() - compiled < min_seconds:
+    for _ in range(max(1, steps)):
+      state, _ = trainer.train_step(state, batch)
+    jax.block_until_ready(state)
+    steps += max(1, steps)
   elapsed = time.perf_counter() - compiled
   tokens = steps * config.train.batch_size * config.data.seq_len
   return {"compile_s": compiled - start, "tokens_per_s": tokens / elapsed}

@@ -76,7 +76,8 @@ def test_learning_rate_rule_and_lr_check_runs(planned):
   for r in checks:
     assert r.budget == middle.budget and r.shape == middle.shape
     assert dataclasses.replace(r.config, train=middle.config.train) == middle.config
-    assert r.steps == middle.steps and r.config.train.warmup_steps == middle.config.train.warmup_steps
+    assert r.steps == middle.steps
+    assert r.config.train.warmup_steps == middle.config.train.warmup_steps
 
 
 def test_plan_is_deterministic_with_unique_ids(planned):
@@ -144,7 +145,8 @@ def test_shape_family_and_moe_members():
   moe_base = dataclasses.replace(dense, n_experts=8, experts_per_token=2)
   moe = family[3].model(moe_base)
   assert moe.expert_ffw_dim * 2 == dense.ffw_dim
-  assert flops.param_counts(moe)["active"] == flops.param_counts(dense)["total"] + moe.n_layers * 8 * 64
+  router = moe.n_layers * 8 * 64
+  assert flops.param_counts(moe)["active"] == flops.param_counts(dense)["total"] + router
 
 
 def test_budget_label():
@@ -164,3 +166,36 @@ def test_budget_label():
 def test_bad_sweeps_fail_with_a_fix(change, message):
   with pytest.raises(ValueError, match=message):
     shapes.plan_sweep(dataclasses.replace(SPECS["chinchilla-cpu"], **change))
+
+
+def test_command_line_overrides_reach_the_plan():
+  spec = chinchilla.apply_overrides(SPECS["chinchilla-cpu"], {
+      "budgets": ["3e11", "1e12"], "d_models": ["16", "24", "32", "48", "64", "96", "128"],
+      "seq_len": 64, "lr_base": 1e-3, "warmup_fraction": 0.05, "lr_check": ["none"],
+      "spread": 10.0, "dtype": None})
+  assert spec.budgets == (3e11, 1e12) and spec.seq_len == 64 and spec.lr_check == ()
+  runs = shapes.plan_sweep(spec)
+  assert {r.config.data.seq_len for r in runs} == {64}
+  assert {r.budget for r in runs} == {3e11, 1e12} and all(r.kind == "isoflop" for r in runs)
+  assert {r.shape.d_model for r in runs} <= {16, 24, 32, 48, 64, 96, 128}
+  for r in runs:
+    assert r.config.train.warmup_steps <= max(3, 0.05 * r.steps)
+    assert r.config.train.learning_rate == pytest.approx(1e-3 * 128 / r.shape.d_model)
+  sp = chinchilla.apply_overrides(spec, {"tokenizer": "sentencepiece", "sp_vocab_size": 1000})
+  assert sp.base_model.vocab_size == 1000 and sp.data.tokenizer == "sentencepiece"
+  back = chinchilla.apply_overrides(sp, {"tokenizer": "byte"})
+  assert back.base_model.vocab_size == shapes.BYTE_VOCAB
+  with pytest.raises(ValueError, match="budgets"):
+    chinchilla.apply_overrides(spec, {"budgets": ["lots"]})
+
+
+@pytest.mark.parametrize("name", ["chinchilla-gpu", "moe_vs_dense-gpu-moe"])
+def test_gpu_configs_build_a_model_with_the_counted_parameters(name):
+  import jax
+  from model import sharding
+  from train.step import Trainer
+  runs = shapes.plan_sweep(SPECS[name])
+  run = max(runs, key=lambda r: r.params)
+  trainer = Trainer(run.config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+  n = sum(leaf.size for leaf in jax.tree.leaves(trainer.abstract_state.params))
+  assert n == run.total_params == flops.param_counts(run.config.model)["total"]
