@@ -308,27 +308,13 @@ SMOKE_PARAMETRIC_STARTS = 32  # Approach 3 L-BFGS starts for smoke reports (defa
 
 
 def analyze_runs(rows, bootstrap: int, bootstrap_parametric: int, grid=None) -> dict:
-  """experiments.scaling.analyze; if it raises on degenerate data (e.g. a parametric fit that
-  overflows), the three approaches one by one with each failure reported as skipped, so a
-  finished sweep always gets its report."""
+  """experiments.scaling.analyze with this experiment's bootstrap and grid settings.
+
+  An approach the data cannot support (e.g. one budget) comes back as {"skipped": reason}.
+  """
   from experiments.scaling import approaches
-  grid = grid or approaches.DEFAULT_GRID
-  try:
-    return approaches.analyze(rows, bootstrap=bootstrap, bootstrap_parametric=bootstrap_parametric,
-                              grid=grid)
-  except ValueError as e:
-    logging.warning("analysis failed (%s); fitting the approaches one at a time", e)
-  out = {"n_runs": len(rows), "dropped_runs": [], "confidence": 0.95,
-         "budgets": sorted({r["budget"] for r in rows})}
-  for name, fn, kw in (("approach1", approaches.approach1, {"bootstrap": bootstrap}),
-                       ("approach2", approaches.approach2, {"bootstrap": bootstrap}),
-                       ("approach3", approaches.approach3,
-                        {"bootstrap": bootstrap_parametric, "grid": grid})):
-    try:
-      out[name] = fn(rows, **kw)
-    except ValueError as e:
-      out[name] = {"skipped": f"fit failed: {e}"}
-  return out
+  return approaches.analyze(rows, bootstrap=bootstrap, bootstrap_parametric=bootstrap_parametric,
+                            grid=grid or approaches.DEFAULT_GRID)
 
 
 def write_chinchilla_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool,

@@ -107,3 +107,34 @@ def test_user_errors_are_clear(trained_run, tmp_path, args, message):
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path, user_text):
+  import signal
+  import time
+  workdir = tmp_path / "sig"
+  args = [sys.executable, "-m", "train.main", "--config=experiments/quickstart.py:tiny",
+          f"--workdir={workdir}", f"--data={user_text}", "--config.train.steps=100000",
+          "--config.train.log_every=1", "--config.train.eval_every=0"]
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if os.path.exists(workdir / "metrics.jsonl") and len(open(workdir / "metrics.jsonl")
+                                                          .readlines()) >= 3:
+        break
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, stderr[-2000:]
+  assert "rerun the same command to resume" in stderr
+  saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert saved and max(saved) >= 3
+  resumed = _run(args[2:] + ["--stop_at_step=" + str(max(saved) + 2)])
+  summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert summary["start_step"] == max(saved) and summary["step"] == max(saved) + 2

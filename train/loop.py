@@ -182,10 +182,12 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
         tokens_per_s = interval_steps * tokens_per_step / elapsed if interval_steps else 0.0
         record = {k: float(v) for k, v in metrics.items() if k != "finite"}
         record.update(step=step, tokens_per_s=tokens_per_s,
+                      perplexity=math.exp(min(record["ce_loss"], 50.0)),
                       mfu=flops.mfu(tokens_per_s, flops_per_token, peak_total))
         eta = (train_config.steps - step) * tokens_per_step / tokens_per_s if tokens_per_s else 0
-        logging.info("step %d/%d loss %.4f grad_norm %.3f lr %.2e | %.0f tokens/s MFU %.1f%% | "
-                     "ETA %.0fs", step, train_config.steps, record["loss"], record["grad_norm"],
+        logging.info("step %d/%d loss %.4f ppl %.2f grad_norm %.3f lr %.2e | %.0f tokens/s "
+                     "MFU %.1f%% | ETA %.0fs", step, train_config.steps, record["loss"],
+                     record["perplexity"], record["grad_norm"],
                      record["learning_rate"], tokens_per_s, 100 * record["mfu"], eta)
         if "moe_load_balance_loss" in record:
           logging.info("  moe: load_balance %.4f z_loss %.4f dropped %.2f%% load_cv %.3f",

@@ -265,10 +265,14 @@ def approach2(runs, *, count: str = "total", drop_flagged: bool = True, bootstra
 
 
 def _law_summary(theta, budgets, k) -> dict:
-  law = laws.theta_to_law(theta)
+  with np.errstate(over="ignore"):
+    law = laws.theta_to_law(theta)
   out = dict(law)
-  if law["alpha"] <= 0 or law["beta"] <= 0:
-    out.update(a=None, b=None, G=None, optimal=[])
+  degenerate = not all(np.isfinite(v) and v > 0 for v in (law["A"], law["B"], law["E"]))
+  if law["alpha"] <= 0 or law["beta"] <= 0 or degenerate:
+    out.update(a=None, b=None, G=None, optimal=[],
+               warning="the fitted law has no compute-optimal frontier (non-positive "
+                       "exponent or non-finite coefficient): too little or degenerate data")
     return out
   opt = laws.compute_optimal(np.asarray(budgets), law, k)
   out.update(a=opt["a"], b=opt["b"], G=opt["G"], optimal=[
