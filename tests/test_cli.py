@@ -138,3 +138,20 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path, user_text):
   resumed = _run(args[2:] + ["--stop_at_step=" + str(max(saved) + 2)])
   summary = json.loads(resumed.stdout.strip().splitlines()[-1])
   assert summary["start_step"] == max(saved) and summary["step"] == max(saved) + 2
+
+
+@pytest.mark.slow
+def test_moe_model_trains_and_decodes_from_the_cli(tmp_path, user_text):
+  workdir = tmp_path / "moe"
+  proc = _run(["train.main", "--config=experiments/quickstart.py:tiny", f"--workdir={workdir}",
+               f"--data={user_text}", "--config.model=moe_tiny", "--config.model.max_len=64",
+               "--config.train.steps=4", "--config.train.log_every=2"])
+  assert "moe: load_balance" in proc.stderr
+  summary = json.loads(proc.stdout.strip().splitlines()[-1])
+  from model import flops
+  from train.checkpoint import load_config
+  counts = flops.param_counts(load_config(str(workdir)).model)
+  assert summary["params"] == counts["total"] > counts["active"]
+  out = _run(["infer.generate", f"--workdir={workdir}", "--prompt=def f(x):",
+              "--max_new_tokens=4", "--json"])
+  assert json.loads(out.stdout.strip().splitlines()[-1])["n_tokens"] == 4
