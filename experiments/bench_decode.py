@@ -210,11 +210,7 @@ def _run_from_flags() -> dict:
 
 def main(argv: Sequence[str]) -> dict:
   """Parses argv (program name first) into this module's flags and runs; returns the summary."""
-  _FLAGS.unparse_flags()
-  rest = _FLAGS(list(argv))
-  if len(rest) > 1:
-    raise ValueError(f"unexpected arguments {rest[1:]}")
-  return _run_from_flags()
+  return bench_train.parse_flags_and_run(_FLAGS, _run_from_flags, argv)
 
 
 if __name__ == "__main__":

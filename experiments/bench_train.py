@@ -298,13 +298,18 @@ def _run_from_flags() -> dict:
              mesh=f.mesh, matmul_size=f.matmul_size, seed=f.seed)
 
 
-def main(argv: Sequence[str]) -> dict:
-  """Parses argv (program name first) into this module's flags and runs; returns the summary."""
-  _FLAGS.unparse_flags()
-  rest = _FLAGS(list(argv))
+def parse_flags_and_run(flag_values, run_fn, argv: Sequence[str]) -> dict:
+  """Parses argv (program name first) into `flag_values`, then returns run_fn()."""
+  flag_values.unparse_flags()
+  rest = flag_values(list(argv))
   if len(rest) > 1:
     raise ValueError(f"unexpected arguments {rest[1:]}")
-  return _run_from_flags()
+  return run_fn()
+
+
+def main(argv: Sequence[str]) -> dict:
+  """Parses argv (program name first) into this module's flags and runs; returns the summary."""
+  return parse_flags_and_run(_FLAGS, _run_from_flags, argv)
 
 
 if __name__ == "__main__":
