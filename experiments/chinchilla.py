@@ -429,19 +429,28 @@ def cli_options(preset: str) -> dict:
               else default_bootstrap(preset))
 
 
-def main(argv):
+def run_from_cli(argv, name: str, launch) -> None:
+  """The experiment CLIs' shared body: quiet logs, fast compiles for smoke, then `launch()`.
+
+  User errors exit with a one-line message; an interrupted sweep says how to resume.
+  """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from train import logs
   logs.quiet_library_logs()
   apply_fast_compile(FLAGS.preset)
   try:
-    spec = spec_from_flags(chinchilla_preset(FLAGS.preset))
-    out = run_experiment(spec, FLAGS.workdir, **cli_options(FLAGS.preset))
+    out = launch()
   except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"chinchilla: error: {e}")
+    sys.exit(f"{name}: error: {e}")
   if out["status"] and out["status"]["interrupted"]:
     sys.exit(f"interrupted during {out['status']['interrupted']}; rerun to resume")
+
+
+def main(argv):
+  run_from_cli(argv, "chinchilla", lambda: run_experiment(
+      spec_from_flags(chinchilla_preset(FLAGS.preset)), FLAGS.workdir,
+      **cli_options(FLAGS.preset)))
 
 
 if __name__ == "__main__":

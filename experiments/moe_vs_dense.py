@@ -16,7 +16,6 @@ model grid, tokenizer, sequence length, schedule, sharding, --analyze_only).
 import dataclasses
 import math
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
@@ -303,24 +302,18 @@ def write_moe_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool, boo
   return paths
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from train import logs
-  logs.quiet_library_logs()
+def _launch() -> dict:
   preset = flags.FLAGS.preset
-  chinchilla.apply_fast_compile(preset)
-  try:
-    spec = chinchilla.spec_from_flags(moe_preset(preset))
-    specs = family_specs(spec, flags.FLAGS.n_experts, flags.FLAGS.experts_per_token,
-                         flags.FLAGS.capacity_factor)
-    out = chinchilla.run_experiment(specs["dense"], flags.FLAGS.workdir,
-                                    report_fn=write_moe_report, runs=plan(specs),
-                                    **chinchilla.cli_options(preset))
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"moe_vs_dense: error: {e}")
-  if out["status"] and out["status"]["interrupted"]:
-    sys.exit(f"interrupted during {out['status']['interrupted']}; rerun to resume")
+  spec = chinchilla.spec_from_flags(moe_preset(preset))
+  specs = family_specs(spec, flags.FLAGS.n_experts, flags.FLAGS.experts_per_token,
+                       flags.FLAGS.capacity_factor)
+  return chinchilla.run_experiment(specs["dense"], flags.FLAGS.workdir,
+                                   report_fn=write_moe_report, runs=plan(specs),
+                                   **chinchilla.cli_options(preset))
+
+
+def main(argv):
+  chinchilla.run_from_cli(argv, "moe_vs_dense", _launch)
 
 
 if __name__ == "__main__":
