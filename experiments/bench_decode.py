@@ -153,7 +153,7 @@ def load_params(preset: str, workdir: str, dtype: str, seed: int):
   device = jax.local_devices()[0]
   if workdir:
     loaded = load_model(workdir, dtype=dtype)
-    name, config, params = workdir, loaded.config.model, loaded.params
+    name, config, params = workdir, loaded.model_config, loaded.params
   else:
     name, config = preset, model_config_lib.preset(preset, dtype=dtype)
     init = lambda key: nn.unbox(Transformer(config).init(key, jnp.zeros((1, 8), jnp.int32)))

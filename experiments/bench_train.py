@@ -173,18 +173,18 @@ def benchmark_train(model: ModelConfig, batch_size: int, seq_len: int, steps: in
                   mesh=MeshConfig(**{k: mesh.shape[k] for k in sharding.MESH_AXES}))
   trainer = Trainer(config, mesh)
   trainer.check_batch_size()
-  state = trainer.init(seed)
+  state, frozen = trainer.init(seed)
   batch = random_batch(trainer, batch_size, seq_len, model.vocab_size, seed)
   start = time.perf_counter()
-  state, metrics = trainer.train_step(state, batch)
+  state, metrics = trainer.train_step(state, frozen, batch)
   jax.block_until_ready(state)
   compile_seconds = time.perf_counter() - start
   for _ in range(warmup - 1):
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = trainer.train_step(state, frozen, batch)
   jax.block_until_ready(state)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = trainer.train_step(state, frozen, batch)
   jax.block_until_ready(state)
   elapsed = time.perf_counter() - start
   metrics = jax.device_get(metrics)

@@ -436,13 +436,9 @@ def run_from_cli(argv, name: str, launch) -> None:
   """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from train import logs
-  logs.quiet_library_logs()
+  from infer import cli
   apply_fast_compile(FLAGS.preset)
-  try:
-    out = launch()
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"{name}: error: {e}")
+  out = cli.run_cli(name, launch)
   if out["status"] and out["status"]["interrupted"]:
     sys.exit(f"interrupted during {out['status']['interrupted']}; rerun to resume")
 

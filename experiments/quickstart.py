@@ -47,21 +47,18 @@ def _main(argv):
 
   from absl import flags, logging
 
-  from infer import sampling
+  from infer import cli, sampling
   from infer.decode import Decoder
   from infer.loading import load_model
-  from train import logs
-  from train.config import override
+  from train.config import apply_overrides
   from train.loop import train
 
-  logs.quiet_library_logs()
+  cli.quiet_library_logs()
   workdir = flags.FLAGS.workdir
-  config = get_config()
-  for key, value in _OVERRIDES:
-    config = override(config, key, value)
+  config = apply_overrides(get_config(), _OVERRIDES)
   summary = train(config, workdir)
   loaded = load_model(workdir)
-  decoder = Decoder(loaded.config.model, loaded.mesh)
+  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft)
   tokenizer = loaded.tokenizer
   prompt_ids = [tokenizer.encode(p) for p in _PROMPTS[:max(1, config.train.samples)]]
   print("=" * 72)

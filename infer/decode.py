@@ -1,11 +1,12 @@
 """Jitted prefill and decode steps over an explicit KV cache, and the generation loops.
 
-`Decoder(config, mesh)` compiles, per (batch, prompt bucket, cache capacity):
+`Decoder(config, mesh, peft)` compiles, per (batch, prompt bucket, cache capacity):
   prefill(params, tokens_BL, lengths_B) -> (last_logits_BV, cache)
   decode_step(params, cache, last_tokens_B, rng, sampling) -> (tokens_B, logprobs_B, cache)
 The cache is donated to decode_step. Sampling knobs are traced arrays, so changing
 temperature / top-k / top-p / seed never recompiles; prompts are right-padded to
-power-of-two buckets so prompts of different lengths reuse programs.
+power-of-two buckets so prompts of different lengths reuse programs. With prompt tuning
+the prefill prepends the P soft-prompt vectors, so the cache holds P + prompt + new tokens.
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ from infer.best_of_n import mean_logprob_score
 from model import sharding
 from model.attention import cache_logical_axes, init_cache
 from model.config import ModelConfig
+from model.peft import PeftConfig
 from model.transformer import Transformer
 
 MIN_BUCKET = 16
@@ -52,10 +54,13 @@ class Generation:
 class Decoder:
   """Prefill / decode programs for one model config on one mesh."""
 
-  def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh,
+               peft: PeftConfig = PeftConfig()):
     self.config = config
     self.mesh = mesh
-    self.model = Transformer(config)
+    self.peft = peft
+    self.n_prompt = peft.n_prompt  # soft-prompt slots at the front of every cache row
+    self.model = Transformer(config, peft)
     self.trace_count = 0  # incremented on every (re)trace; tests check it stays put
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("capacity",))
     self._decode_step = jax.jit(self._decode_step_fn, donate_argnums=(1,))
@@ -75,22 +80,23 @@ class Decoder:
     self.trace_count += 1
     cache = init_cache(self.config, tokens_BL.shape[0], capacity)
     cache = jax.lax.with_sharding_constraint(cache, self._cache_sharding(cache))
-    logits_BLV, _, cache = self.model.apply({"params": params}, tokens_BL, cache=cache)
-    cache = dict(cache, lengths=lengths_B)
+    logits_BLV, _, cache = self.model.apply({"params": params}, tokens_BL, cache=cache,
+                                            prepend_prompt=True)
+    cache = dict(cache, lengths=lengths_B + self.n_prompt)
     last_BV = jnp.take_along_axis(logits_BLV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
     return last_BV, cache
 
   def _decode_step_fn(self, params, cache, last_tokens_B, rng, params_sampling):
     self.trace_count += 1
     logits_B1V, _, cache = self.model.apply({"params": params}, last_tokens_B[:, None],
-                                            cache=cache)
+                                            cache=cache, prepend_prompt=False)
     tokens_B, logprobs_B = sampling.sample_tokens_with_logprobs(
         rng, logits_B1V[:, 0], params_sampling)
     return tokens_B, logprobs_B, cache
 
   def _logits_step_fn(self, params, cache, last_tokens_T):
     logits_T1V, _, cache = self.model.apply({"params": params}, last_tokens_T[:, None],
-                                            cache=cache)
+                                            cache=cache, prepend_prompt=False)
     return logits_T1V[:, 0], cache
 
   def _score_fn(self, params, tokens_BL):
@@ -117,22 +123,24 @@ class Decoder:
     lengths = [len(p) for p in prompts]
     if min(lengths) == 0:
       raise ValueError("empty prompt: give at least one token (e.g. start with the BOS/EOS id)")
-    limit = self.config.max_len
-    if max(lengths) >= limit:
-      raise ValueError(f"prompt of {max(lengths)} tokens does not fit the model's context of "
-                       f"{limit} tokens with room to generate; shorten the prompt")
+    limit, n_prompt = self.config.max_len, self.n_prompt
+    if max(lengths) + n_prompt >= limit:
+      soft = f" after the {n_prompt}-vector soft prompt" if n_prompt else ""
+      raise ValueError(f"prompt of {max(lengths)} tokens{soft} does not fit the model's "
+                       f"context of {limit} tokens with room to generate; shorten the prompt")
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    bucket = bucket_length(max(lengths), limit)
-    capacity = bucket_length(bucket + max_new_tokens, limit)
+    bucket = bucket_length(max(lengths), limit - n_prompt)
+    capacity = bucket_length(n_prompt + bucket + max_new_tokens, limit)
     tokens_BL = np.zeros((len(prompts), bucket), np.int32)
     for row, prompt in enumerate(prompts):
       tokens_BL[row, :len(prompt)] = prompt
     return jnp.asarray(tokens_BL), jnp.asarray(lengths, jnp.int32), capacity
 
   def max_new_tokens_for(self, prompts, requested: int) -> int:
-    """Caps the number of new tokens so the longest prompt stays inside the context."""
-    return max(1, min(requested, self.config.max_len - max(len(p) for p in prompts)))
+    """Caps the number of new tokens so soft prompt + longest prompt stay in the context."""
+    room = self.config.max_len - self.n_prompt - max(len(p) for p in prompts)
+    return max(1, min(requested, room))
 
   def generate(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                params_sampling: sampling.SamplingParams, seed: int = 0,
@@ -217,10 +225,12 @@ class Decoder:
     if any(not c for c in continuations) or any(not p for p in prompts):
       raise ValueError("score needs a non-empty prompt and continuation for every row")
     longest = max(len(r) for r in rows)
-    if longest > self.config.max_len:
+    room = self.config.max_len - self.n_prompt
+    if longest > room:
+      soft = f" (after the {self.n_prompt}-vector soft prompt)" if self.n_prompt else ""
       raise ValueError(f"prompt + continuation of {longest} tokens exceeds the context "
-                       f"{self.config.max_len}")
-    width = bucket_length(longest, self.config.max_len)
+                       f"{self.config.max_len}{soft}")
+    width = bucket_length(longest, room)
     tokens_BL = np.zeros((len(rows), width), np.int32)
     for i, row in enumerate(rows):
       tokens_BL[i, :len(row)] = row

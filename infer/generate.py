@@ -8,7 +8,6 @@ Samplers: greedy | random | temperature | top_k | top_p | beam | best_of_n; or
 """
 
 import json
-import sys
 
 from absl import app, flags, logging
 
@@ -37,19 +36,8 @@ flags.DEFINE_string("dtype", None, "Compute dtype override, e.g. bfloat16 on a G
 flags.DEFINE_string("mesh", "", "Mesh for decoding, e.g. 'data=1,tensor=2' (default: all "
                     "devices on data).")
 flags.DEFINE_bool("json", False, "Print results as JSON lines.")
-
-def parse_mesh(text: str):
-  from train.config import MeshConfig
-  if not text:
-    return None
-  sizes = {}
-  for part in text.split(","):
-    name, _, value = part.partition("=")
-    if name not in ("data", "fsdp", "tensor", "expert") or not value.lstrip("-").isdigit():
-      raise ValueError(f"bad --mesh entry {part!r}; use e.g. --mesh=data=1,tensor=2")
-    sizes[name] = int(value)
-  return MeshConfig(**{"data": 1, **sizes})
-
+flags.DEFINE_bool("raw", False, "Do not wrap prompts in the run's chat template (fine-tuned "
+                  "runs record one; pretrained runs have none).")
 
 def read_prompts() -> list[str]:
   if FLAGS.prompts_file:
@@ -74,6 +62,8 @@ def run() -> list[dict]:
   from infer import sampling
   from infer.decode import Decoder
   from infer.loading import load_model
+  from model.chat import encode_prompt, prompt_messages
+  from model.mesh import parse_mesh
 
   path = FLAGS.checkpoint or FLAGS.workdir
   if not path:
@@ -81,13 +71,21 @@ def run() -> list[dict]:
   prompts = read_prompts()
   loaded = load_model(path, mesh_config=parse_mesh(FLAGS.mesh), dtype=FLAGS.dtype)
   tokenizer = loaded.tokenizer
-  prompt_ids = [tokenizer.encode(p) for p in prompts]
+  template = None if FLAGS.raw else loaded.chat_template
+  if template:
+    prompt_ids = [encode_prompt(tokenizer, template, prompt_messages(p)) for p in prompts]
+  else:
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
   for text, ids in zip(prompts, prompt_ids):
     if not ids:
       raise ValueError(f"prompt {text!r} encodes to no tokens")
-  decoder = Decoder(loaded.config.model, loaded.mesh)
+  if template:
+    logging.info("prompts wrapped in the run's chat template %r (--raw to skip)", template.name)
+  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft)
   eos_id = None if FLAGS.ignore_eos else tokenizer.eos_id
-  stops = FLAGS.stop
+  stops = list(FLAGS.stop)
+  if template and template.stop_text:
+    stops.append(template.stop_text)  # a chat reply ends at the template's turn end
 
   def stop_fn(row, tokens):
     return bool(stops) and cut_at_stop(tokenizer.decode(tokens), stops)[1]
@@ -155,12 +153,8 @@ def run() -> list[dict]:
 
 def _main(argv):
   del argv
-  from train import logs
-  logs.quiet_library_logs()
-  try:
-    run()
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  from infer import cli
+  cli.run_cli("generate", run)
 
 
 def main():

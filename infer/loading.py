@@ -1,27 +1,49 @@
-"""The one checkpoint loader every entry point uses: run dir -> config, tokenizer, params."""
+"""The one loader every entry point uses: run dir -> model config, tokenizer, parameters.
+
+It reads config.json's model and peft sections, the tokenizer, the chat template when the
+run has one, and the `params` item of a checkpoint: never the optimizer state.
+"""
 
 import dataclasses
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from absl import logging
 
-from model import sharding
-from train import checkpoint
-from train.config import Config, MeshConfig
-from train.step import Trainer
-from train.tokenizer import Tokenizer, load_tokenizer
+from model import sharding, store
+from model.chat import ChatTemplate
+from model.config import ModelConfig
+from model.mesh import MeshConfig
+from model.peft import PeftConfig
+from model.tokenizer import Tokenizer, load_tokenizer
+from model.transformer import Transformer
 
 
 @dataclasses.dataclass
 class LoadedModel:
-  config: Config
+  model_config: ModelConfig
+  peft: PeftConfig
   tokenizer: Tokenizer
   params: Any
   mesh: jax.sharding.Mesh
   workdir: str
   step: int
+  bytes_read: int = 0
+  chat_template: ChatTemplate | None = None
+
+
+def abstract_params(model_config: ModelConfig, peft: PeftConfig, mesh):
+  """Shapes, dtypes and shardings of the model's parameters on `mesh` (nothing allocated)."""
+  model = Transformer(model_config, peft)
+  with sharding.use_mesh(mesh):
+    boxed = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"],
+                           jax.random.key(0))
+  shardings = sharding.tree_shardings(boxed, mesh)
+  return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                      nn.unbox(boxed), shardings)
 
 
 def load_model(path: str, step: int | None = None, mesh_config: MeshConfig | None = None,
@@ -32,25 +54,24 @@ def load_model(path: str, step: int | None = None, mesh_config: MeshConfig | Non
   (default: all devices on the data axis, i.e. replicated parameters), and `dtype`
   overrides the compute dtype (e.g. "bfloat16" for decoding on a GPU).
   """
-  workdir, path_step = checkpoint.resolve_checkpoint_path(path)
+  workdir, path_step = store.resolve_checkpoint_path(path)
   step = path_step if step is None else step
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"run directory {workdir!r} does not exist; pass the --workdir "
                             "of a training run")
-  config = checkpoint.load_config(workdir)
+  run = store.read_run_config(workdir)
+  model_config = run.model_config()
   if dtype:
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype=dtype))
-  mesh_config = mesh_config or MeshConfig(data=-1, fsdp=1, tensor=1, expert=1)
-  config = dataclasses.replace(config, mesh=mesh_config)
-  mesh = sharding.make_mesh(mesh_config.as_dict())
-  tokenizer = load_tokenizer(os.path.join(workdir, checkpoint.TOKENIZER_DIR))
-  trainer = Trainer(config, mesh)
-  manager = checkpoint.checkpoint_manager(workdir, async_save=False)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/{checkpoint.CHECKPOINT_DIR}; train "
-                            "first or pass a run directory that has one")
-  state = checkpoint.restore(manager, trainer.abstract_state, step)
-  manager.close()
-  logging.info("loaded %s step %d onto mesh %s", workdir, int(state.step), dict(mesh.shape))
-  return LoadedModel(config=config, tokenizer=tokenizer, params=state.params, mesh=mesh,
-                     workdir=workdir, step=int(state.step))
+    model_config = dataclasses.replace(model_config, dtype=dtype)
+  peft = run.peft_config()
+  mesh = sharding.make_mesh((mesh_config or MeshConfig()).as_dict())
+  tokenizer = load_tokenizer(os.path.join(workdir, store.TOKENIZER_DIR))
+  template_dict = store.read_chat_template_dict(workdir)
+  template = ChatTemplate.from_dict(template_dict) if template_dict else None
+  params, step, n_bytes = store.restore_params(
+      workdir, abstract_params(model_config, peft, mesh), step, version=run.version)
+  logging.info("loaded %s step %d onto mesh %s: %.2f MB of parameters read (no optimizer "
+               "state)", workdir, step, dict(mesh.shape), n_bytes / 1e6)
+  return LoadedModel(model_config=model_config, peft=peft, tokenizer=tokenizer, params=params,
+                     mesh=mesh, workdir=workdir, step=step, bytes_read=n_bytes,
+                     chat_template=template)

@@ -1,4 +1,9 @@
-"""Causal self-attention (MHA / GQA / MQA) with an optional explicit KV cache.
+"""Self-attention (MHA / GQA / MQA) with masks as data and an optional explicit KV cache.
+
+A `Mask` says which keys each query sees: causal, bidirectional or prefix-LM, optionally
+restricted to packed segments (segment ids). Plain causal attention keeps the fast
+`is_causal=True` kernel (cuDNN on GPU); every other mask is an explicit boolean [B, L, S]
+through XLA.
 
 The cache is a plain pytree dict, one entry per model (all layers stacked):
   {"k": [n_layers, B, S, K, H], "v": [n_layers, B, S, K, H], "lengths": [B] int32}
@@ -10,15 +15,92 @@ prefill). Writing past capacity is not checked here: the caller sizes the cache.
 """
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from model import sharding
 from model.config import ModelConfig, compute_dtype
-from model.layers import apply_rope, out_proj_std, param_init
+from model.layers import Projection, apply_rope, out_proj_std
+from model.peft import PeftConfig
+
+MASK_KINDS = ("causal", "bidirectional", "prefix")
 
 _CACHE_KV_AXES = ("layers", "act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
+
+
+@flax.struct.dataclass
+class Mask:
+  """Which keys each query attends to, as data (a pytree: it passes through jit and scan).
+
+  kind: "causal" (key j <= query i), "bidirectional" (all keys) or "prefix" (prefix-LM:
+    query i of row b sees keys j < prefix_lengths_B[b] plus the causal ones).
+  segment_ids_BL: int32, > 0 = the packed example a token belongs to, 0 = padding. Keys
+    must also share the query's segment; a padding token sees only itself (no NaN rows).
+  """
+  kind: str = flax.struct.field(pytree_node=False, default="causal")
+  segment_ids_BL: jax.Array | None = None
+  prefix_lengths_B: jax.Array | None = None
+
+  def __post_init__(self):
+    if self.kind not in MASK_KINDS:
+      raise ValueError(f"mask kind {self.kind!r} is not one of {MASK_KINDS}")
+    if (self.kind == "prefix") != (self.prefix_lengths_B is not None):
+      raise ValueError("a prefix mask needs prefix_lengths_B, and only a prefix mask takes "
+                       "them; build it with Mask.prefix(prefix_lengths_B)")
+
+  @classmethod
+  def causal(cls) -> "Mask":
+    return cls("causal")
+
+  @classmethod
+  def packed(cls, segment_ids_BL) -> "Mask":
+    """Causal attention inside each packed example."""
+    return cls("causal", jnp.asarray(segment_ids_BL, jnp.int32))
+
+  @classmethod
+  def bidirectional(cls, segment_ids_BL=None) -> "Mask":
+    seg = None if segment_ids_BL is None else jnp.asarray(segment_ids_BL, jnp.int32)
+    return cls("bidirectional", seg)
+
+  @classmethod
+  def prefix(cls, prefix_lengths_B, segment_ids_BL=None) -> "Mask":
+    seg = None if segment_ids_BL is None else jnp.asarray(segment_ids_BL, jnp.int32)
+    return cls("prefix", seg, jnp.asarray(prefix_lengths_B, jnp.int32))
+
+  @property
+  def is_plain_causal(self) -> bool:
+    return self.kind == "causal" and self.segment_ids_BL is None
+
+  def mask_BLS(self, length: int):
+    """Boolean [B, L, S] with L = S = length (B = 1 when no per-row data is given)."""
+    i_L = jnp.arange(length, dtype=jnp.int32)[:, None]
+    j_S = jnp.arange(length, dtype=jnp.int32)[None, :]
+    if self.kind == "bidirectional":
+      mask_BLS = jnp.ones((1, length, length), bool)
+    else:
+      mask_BLS = (j_S <= i_L)[None]
+    if self.kind == "prefix":
+      mask_BLS = mask_BLS | (j_S[None] < self.prefix_lengths_B[:, None, None])
+    if self.segment_ids_BL is not None:
+      seg_BL = self.segment_ids_BL
+      if seg_BL.shape[1] != length:
+        raise ValueError(f"segment_ids length {seg_BL.shape[1]} != sequence length {length}")
+      same_BLS = (seg_BL[:, :, None] == seg_BL[:, None, :]) & (seg_BL[:, None, :] > 0)
+      mask_BLS = (mask_BLS & same_BLS) | (i_L == j_S)[None]
+    return mask_BLS
+
+  def positions_BL(self, batch: int, length: int):
+    """Token positions: 0..L-1, restarting at 0 at every segment start when packed."""
+    pos_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    if self.segment_ids_BL is None:
+      return pos_BL
+    seg_BL = self.segment_ids_BL
+    start_BL = jnp.concatenate(
+        [jnp.ones((batch, 1), bool), seg_BL[:, 1:] != seg_BL[:, :-1]], axis=1)
+    first_BL = jax.lax.cummax(jnp.where(start_BL, pos_BL, 0), axis=1)
+    return pos_BL - first_BL
 
 
 def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> dict:
@@ -72,10 +154,10 @@ def causal_attention(q_BLNH, k_BLKH, v_BLKH, implementation: str = "xla"):
       implementation=implementation)
 
 
-def cached_attention(q_BLNH, k_BSKH, v_BSKH, mask_B1LS):
-  """Attention over a cache with an explicit mask.
+def masked_attention(q_BLNH, k_BSKH, v_BSKH, mask_B1LS):
+  """GQA attention with an explicit boolean mask (packed, bidirectional, prefix, cache).
 
-  Always XLA: cuDNN flash attention has no per-row offset causal mask, and decode
+  Always XLA: cuDNN flash attention has no arbitrary / per-row offset mask, and decode
   (L=1) is bound by reading the cache, not by this kernel.
   """
   return jax.nn.dot_product_attention(
@@ -90,26 +172,32 @@ def _write_rows(cache_BSKH, new_BLKH, starts_B):
 
 
 class Attention(nn.Module):
-  """Causal self-attention; `kv_cache` is one layer's (k_BSKH, v_BSKH, lengths_B)."""
+  """Self-attention under a `Mask`; `kv_cache` is one layer's (k_BSKH, v_BSKH, lengths_B).
+
+  With a cache the mask must be causal (optionally prefix-LM) without segments: the new
+  tokens attend causally over the cache, and a prefix mask also opens keys j < prefix_len.
+  """
   config: ModelConfig
+  peft: PeftConfig = PeftConfig()
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, kv_cache=None):
+  def __call__(self, x_BLD, positions_BL, kv_cache=None, mask: Mask | None = None,
+               deterministic: bool = True):
     c = self.config
     dtype = compute_dtype(c)
     n, k, h, d = c.n_heads, c.heads_kv, c.head_dim, c.d_model
+    mask = Mask.causal() if mask is None else mask
 
-    def kernel(name, shape, names, std):
-      return self.param(name, param_init(std, names), shape, jnp.float32).astype(dtype)
+    def proj(name, shape, names, n_contract, std):
+      return Projection(c, self.peft, shape, names, n_contract, std, f"attn.{name}",
+                        name=name)
 
-    w_q = kernel("query", (d, n, h), ("embed", "heads", "head_dim"), c.init_std)
-    w_k = kernel("key", (d, k, h), ("embed", "kv_heads", "head_dim"), c.init_std)
-    w_v = kernel("value", (d, k, h), ("embed", "kv_heads", "head_dim"), c.init_std)
-    w_o = kernel("out", (n, h, d), ("heads", "head_dim", "embed"), out_proj_std(c))
-
-    q_BLNH = jnp.einsum("bld,dnh->blnh", x_BLD, w_q)
-    k_BLKH = jnp.einsum("bld,dkh->blkh", x_BLD, w_k)
-    v_BLKH = jnp.einsum("bld,dkh->blkh", x_BLD, w_v)
+    q_BLNH = proj("query", (d, n, h), ("embed", "heads", "head_dim"), 1, c.init_std)(
+        x_BLD, deterministic)
+    k_BLKH = proj("key", (d, k, h), ("embed", "kv_heads", "head_dim"), 1, c.init_std)(
+        x_BLD, deterministic)
+    v_BLKH = proj("value", (d, k, h), ("embed", "kv_heads", "head_dim"), 1, c.init_std)(
+        x_BLD, deterministic)
     if c.pos_encoding == "rope":
       q_BLNH = apply_rope(q_BLNH, positions_BL, c.rope_theta)
       k_BLKH = apply_rope(k_BLKH, positions_BL, c.rope_theta)
@@ -120,18 +208,31 @@ class Attention(nn.Module):
     v_BLKH = sharding.constrain(v_BLKH, kv_axes)
 
     if kv_cache is None:
-      out_BLNH = causal_attention(q_BLNH, k_BLKH, v_BLKH, attention_impl(c))
+      if mask.is_plain_causal:
+        out_BLNH = causal_attention(q_BLNH, k_BLKH, v_BLKH, attention_impl(c))
+      else:
+        mask_BLS = mask.mask_BLS(x_BLD.shape[1])
+        out_BLNH = masked_attention(q_BLNH, k_BLKH, v_BLKH, mask_BLS[:, None])
       new_cache = None
     else:
+      if mask.kind == "bidirectional" or mask.segment_ids_BL is not None:
+        raise ValueError("cached decoding needs a causal (or prefix-LM) mask without "
+                         "segment ids; run packed / bidirectional batches without a cache")
       k_BSKH, v_BSKH, lengths_B = kv_cache
       k_BSKH = _write_rows(k_BSKH, k_BLKH, lengths_B)
       v_BSKH = _write_rows(v_BSKH, v_BLKH, lengths_B)
       cache_axes = ("act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
       k_BSKH = sharding.constrain(k_BSKH, cache_axes)
       v_BSKH = sharding.constrain(v_BSKH, cache_axes)
-      mask = cache_mask(lengths_B, x_BLD.shape[1], k_BSKH.shape[1])
-      out_BLNH = cached_attention(q_BLNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype), mask)
+      capacity = k_BSKH.shape[1]
+      mask_B1LS = cache_mask(lengths_B, x_BLD.shape[1], capacity)
+      if mask.kind == "prefix":
+        prefix_B1LS = (jnp.arange(capacity, dtype=jnp.int32)
+                       < mask.prefix_lengths_B[:, None, None, None])
+        mask_B1LS = mask_B1LS | prefix_B1LS
+      out_BLNH = masked_attention(q_BLNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype),
+                                  mask_B1LS)
       new_cache = (k_BSKH, v_BSKH)
     out_BLNH = sharding.constrain(out_BLNH, q_axes)
-    y_BLD = jnp.einsum("blnh,nhd->bld", out_BLNH, w_o)
-    return y_BLD, new_cache
+    out = proj("out", (n, h, d), ("heads", "head_dim", "embed"), 2, out_proj_std(c))
+    return out(out_BLNH, deterministic), new_cache

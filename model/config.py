@@ -8,7 +8,7 @@ NORM_POSITIONS = ("pre", "post")
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-ROUTER_WEIGHTINGS = ("softmax_topk", "renorm")
+ROUTER_WEIGHTINGS = ("softmax_topk", "topk_probs")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -161,3 +161,27 @@ def compute_dtype(config: ModelConfig):
   import jax.numpy as jnp
   return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
+
+
+def strict_from_dict(cls, values: dict, where: str):
+  """Builds dataclass `cls` from a dict (nested dataclasses too), refusing unknown keys.
+
+  A key this code does not know would otherwise be dropped silently, and the object
+  would describe a different model than the file.
+  """
+  import typing  # pylint: disable=g-import-not-at-top
+  if not isinstance(values, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(values).__name__}")
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; this run was "
+                     f"written by another code version or the file was edited (known keys: "
+                     f"{sorted(names)})")
+  kwargs = {}
+  for name, value in values.items():
+    if dataclasses.is_dataclass(hints[name]):
+      value = strict_from_dict(hints[name], value, f"{where}.{name}")
+    kwargs[name] = value
+  return cls(**kwargs)

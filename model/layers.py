@@ -1,10 +1,12 @@
-"""Building blocks of the transformer: norms, embeddings, positions and the FFN.
+"""Building blocks of the transformer: the projection, norms, embeddings, positions, FFN.
 
 Parameters are float32 and carry logical axis names (model/sharding.py); compute runs
-in `compute_dtype(config)`, while norms and logits are computed in float32.
+in `compute_dtype(config)`, while norms and logits are computed in float32. Every dense
+projection is a `Projection`, the one place where LoRA (and later quantization) plugs in.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 
 from model import sharding
 from model.config import ModelConfig, compute_dtype
+from model.peft import PeftConfig, lora_delta
 
 
 def param_init(std: float, names: tuple):
@@ -65,6 +68,80 @@ def Norm(config: ModelConfig, name: str | None = None) -> nn.Module:  # noqa: N8
   return cls(config, name=name)
 
 
+def _contract(x, w, n_contract: int, out_dtype=None):
+  """Contracts x's trailing n_contract dims with w's leading ones: x free dims + w free dims."""
+  dims = (tuple(range(x.ndim - n_contract, x.ndim)), tuple(range(n_contract)))
+  return jax.lax.dot_general(x, w, (dims, ((), ())), preferred_element_type=out_dtype)
+
+
+class Projection(nn.Module):
+  """x . kernel in compute dtype, plus a LoRA update when `peft` targets `role`.
+
+  The kernel is [lead..., contract..., out...]: `n_batch` leading axes (stacked experts)
+  are only used through `weight()`; `__call__` contracts the first `n_contract` kernel
+  axes with the trailing axes of x. With LoRA, lora_a is [lead, contract, R] (normal
+  1/sqrt(fan_in)) and lora_b [lead, R, out] (zeros), so a fresh LoRA model equals the
+  base. `__call__` adds (alpha/R) (x A) B without forming kernel + AB, so no gradient
+  of the base kernel's shape is ever computed.
+  """
+  config: ModelConfig
+  peft: PeftConfig
+  kernel_shape: tuple
+  kernel_axes: tuple
+  n_contract: int = 1
+  init_std: float = 0.02
+  role: str = ""
+  out_dtype: Any = None
+  zero_init: bool = False
+  n_batch: int = 0
+
+  def setup(self):
+    if len(self.kernel_shape) != len(self.kernel_axes):
+      raise ValueError(f"{self.role}: kernel_shape {self.kernel_shape} and kernel_axes "
+                       f"{self.kernel_axes} differ in rank")
+    init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(self.init_std)
+    self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
+                             self.kernel_shape, jnp.float32)
+    self.has_lora = self.peft.lora_targets(self.role)
+    if self.has_lora:
+      split = self.n_batch + self.n_contract
+      lead, r = self.kernel_shape[:self.n_batch], self.peft.rank
+      fan_in = math.prod(self.kernel_shape[self.n_batch:split])
+      self.lora_a = self.param(
+          "lora_a", param_init(1.0 / math.sqrt(fan_in),
+                               self.kernel_axes[:split] + ("lora_rank",)),
+          self.kernel_shape[:split] + (r,), jnp.float32)
+      self.lora_b = self.param(
+          "lora_b", nn.with_logical_partitioning(
+              nn.initializers.zeros,
+              self.kernel_axes[:self.n_batch] + ("lora_rank",) + self.kernel_axes[split:]),
+          lead + (r,) + self.kernel_shape[split:], jnp.float32)
+
+  def __call__(self, x, deterministic: bool = True):
+    if self.n_batch:
+      raise ValueError(f"{self.role}: a kernel with stacked axes is used through weight()")
+    dtype = compute_dtype(self.config)
+    x = x.astype(dtype)
+    y = _contract(x, self.kernel.astype(dtype), self.n_contract, self.out_dtype)
+    if not self.has_lora:
+      return y
+    if not deterministic and self.peft.dropout > 0:
+      keep = 1.0 - self.peft.dropout
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+      x = jnp.where(mask, x / keep, 0).astype(dtype)
+    h = _contract(x, self.lora_a.astype(dtype), self.n_contract)
+    delta = _contract(h, self.lora_b.astype(dtype), 1, self.out_dtype)
+    return y + (self.peft.lora_scale * delta).astype(y.dtype)
+
+  def weight(self):
+    """The effective float32 kernel (kernel + (alpha/R) A.B): for stacked expert weights
+    that enter shard_map whole. LoRA dropout does not apply on this path."""
+    if not self.has_lora:
+      return self.kernel
+    return self.kernel + lora_delta(self.lora_a, self.lora_b, self.kernel_shape,
+                                    self.peft.lora_scale)
+
+
 class Embed(nn.Module):
   """Token embedding; `attend` is the tied output projection (float32 logits)."""
   config: ModelConfig
@@ -86,19 +163,6 @@ class Embed(nn.Module):
   def attend(self, x_BLD):
     w_VD = self.embedding.astype(compute_dtype(self.config))
     return jnp.einsum("bld,vd->blv", x_BLD, w_VD, preferred_element_type=jnp.float32)
-
-
-class Unembed(nn.Module):
-  """Untied output projection to the vocabulary (float32 logits)."""
-  config: ModelConfig
-
-  @nn.compact
-  def __call__(self, x_BLD):
-    c = self.config
-    w_DV = self.param("kernel", param_init(c.init_std, ("embed", "vocab")),
-                      (c.d_model, c.vocab_size), jnp.float32)
-    return jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(compute_dtype(c)),
-                      preferred_element_type=jnp.float32)
 
 
 class LearnedPositions(nn.Module):
@@ -146,27 +210,27 @@ def _activation(name: str):
 class Mlp(nn.Module):
   """Position-wise FFN: swiglu (silu(x wi_gate) * x wi_up) wo, or act(x wi) wo for gelu / relu.
 
-  Parameter names match MoeMlp's experts (model/moe.py); `width` overrides config.ffw_dim.
+  Projection names match MoeMlp's experts (model/moe.py); `width` overrides config.ffw_dim.
   """
   config: ModelConfig
+  peft: PeftConfig = PeftConfig()
   width: int = 0
 
   @nn.compact
-  def __call__(self, x_BLD):
+  def __call__(self, x_BLD, deterministic: bool = True):
     c = self.config
     f = self.width or c.ffw_dim
-    dtype = compute_dtype(c)
     act = _activation(c.activation)
 
-    def kernel(name, shape, names, std):
-      return self.param(name, param_init(std, names), shape, jnp.float32).astype(dtype)
+    def proj(name, shape, names, std):
+      return Projection(c, self.peft, shape, names, 1, std, f"mlp.{name}", name=name)
 
     gated = c.activation == "swiglu"
-    w_in = kernel("wi_gate" if gated else "wi", (c.d_model, f), ("embed", "mlp"), c.init_std)
-    h_BLF = act(jnp.einsum("bld,df->blf", x_BLD, w_in))
+    w_in = "wi_gate" if gated else "wi"
+    h_BLF = act(proj(w_in, (c.d_model, f), ("embed", "mlp"), c.init_std)(x_BLD, deterministic))
     if gated:
-      w_up = kernel("wi_up", (c.d_model, f), ("embed", "mlp"), c.init_std)
-      h_BLF = h_BLF * jnp.einsum("bld,df->blf", x_BLD, w_up)
+      up = proj("wi_up", (c.d_model, f), ("embed", "mlp"), c.init_std)
+      h_BLF = h_BLF * up(x_BLD, deterministic)
     h_BLF = sharding.constrain(h_BLF, ("act_batch", "act_length", "act_mlp"))
-    w_out = kernel("wo", (f, c.d_model), ("mlp", "embed"), out_proj_std(c))
-    return jnp.einsum("blf,fd->bld", h_BLF, w_out)
+    wo = proj("wo", (f, c.d_model), ("mlp", "embed"), out_proj_std(c))
+    return wo(h_BLF, deterministic)

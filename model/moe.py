@@ -31,6 +31,11 @@ device holding that expert, local experts run, and a second all-to-all brings th
 outputs back. Expert weights enter shard_map sharded on "expert" (and on "tensor" along F,
 finished by a psum over "tensor"); their fsdp-sharded embed dim is all-gathered.
 The router and aux losses run outside shard_map, so the losses are global.
+
+Weights are Projections (model/layers.py): the stacked expert kernels (params
+moe/wi_gate/kernel, ...) enter shard_map through `Projection.weight()`, which folds a LoRA
+update in per expert; the shared experts (moe/shared_wi_gate/kernel, ...) are called like
+any dense projection.
 """
 
 import math
@@ -43,6 +48,8 @@ from jax.sharding import PartitionSpec as P
 from model import moe_dispatch
 from model import moe_router
 from model.config import ModelConfig, compute_dtype
+from model.layers import Projection, out_proj_std
+from model.peft import PeftConfig
 from model.sharding import BATCH_AXES
 
 DROPLESS_IMPLS = ("auto", "ragged", "padded")
@@ -57,10 +64,11 @@ class MoeMlp(nn.Module):
   "expert_load_cv" (std / mean of assignments per expert before drops).
   """
   config: ModelConfig
+  peft: PeftConfig = PeftConfig()
   dropless_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x_BLD):
+  def __call__(self, x_BLD, deterministic: bool = True):
     c = self.config
     if not c.is_moe:
       raise ValueError("MoeMlp needs model.n_experts > 0; use the dense Mlp for n_experts=0")
@@ -71,22 +79,26 @@ class MoeMlp(nn.Module):
     dtype = compute_dtype(c)
     x_BLD = x_BLD.astype(dtype)
 
+    # The router stays a plain float32 param outside Projection: routing math is float32
+    # and the [D, E] matrix is tiny, so neither LoRA nor quantization is worth it here.
     router_DE = self.param("router_kernel", _init(c.init_std, ("embed", None)), (d, e),
                            jnp.float32)
     logits_TE = jnp.einsum("td,de->te", x_BLD.reshape(b * l, d).astype(jnp.float32),
                            router_DE)
     routing = moe_router.route(logits_TE, k, c.router_weighting)
-    experts = _ffn_params(self, c, "", (e,), ("expert",), c.expert_ffw_dim)
-    experts = jax.tree.map(lambda w: w.astype(dtype), experts)
+    # Stacked expert kernels enter shard_map whole, so LoRA is merged per expert here.
+    experts = _ffn_projections(c, self.peft, "expert", "", (e,), ("expert",), c.expert_ffw_dim)
+    experts = {key: proj.weight().astype(dtype) for key, proj in experts.items()}
 
     y_BLD, n_dropped = _dispatch(
         x_BLD, routing.expert_TK.reshape(b, l, k), routing.weight_TK.reshape(b, l, k),
         experts, c, self.dropless_impl)
 
     if c.n_shared_experts:
-      shared = _ffn_params(self, c, "shared_", (), (), c.n_shared_experts * c.expert_ffw_dim)
-      shared = jax.tree.map(lambda w: w.astype(dtype), shared)
-      y_BLD = y_BLD + moe_dispatch.ffn(x_BLD, shared, c.activation, jnp.matmul)
+      shared = _ffn_projections(c, self.peft, "shared", "shared_", (), (),
+                                c.n_shared_experts * c.expert_ffw_dim)
+      y_BLD = y_BLD + moe_dispatch.ffn(x_BLD, shared, c.activation,
+                                       lambda h, proj: proj(h, deterministic))
 
     aux = {
         "load_balance_loss": moe_router.load_balance_loss(routing.probs_TE, routing.expert_TK),
@@ -101,18 +113,18 @@ def _init(std, names):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
 
 
-def _ffn_params(module, c: ModelConfig, prefix, lead_shape, lead_names, f):
-  """FFN weights (optionally stacked on a leading expert axis) named by c.activation."""
+def _ffn_projections(c: ModelConfig, peft: PeftConfig, role: str, prefix: str, lead_shape,
+                     lead_names, f) -> dict:
+  """FFN projections (optionally stacked on a leading expert axis) named by c.activation."""
   d = c.d_model
-  out_std = c.init_std / math.sqrt(2 * c.n_layers)
-  in_names = lead_names + ("embed", "mlp")
-  out_names = lead_names + ("mlp", "embed")
-  in_keys = ("wi_gate", "wi_up") if c.activation == "swiglu" else ("wi",)
-  params = {key: module.param(prefix + key, _init(c.init_std, in_names), lead_shape + (d, f),
-                              jnp.float32) for key in in_keys}
-  params["wo"] = module.param(prefix + "wo", _init(out_std, out_names), lead_shape + (f, d),
-                              jnp.float32)
-  return params
+  keys = ("wi_gate", "wi_up") if c.activation == "swiglu" else ("wi",)
+  n_batch = len(lead_shape)
+  projs = {key: Projection(c, peft, lead_shape + (d, f), lead_names + ("embed", "mlp"), 1,
+                           c.init_std, f"{role}.{key}", n_batch=n_batch, name=prefix + key)
+           for key in keys}
+  projs["wo"] = Projection(c, peft, lead_shape + (f, d), lead_names + ("mlp", "embed"), 1,
+                           out_proj_std(c), f"{role}.wo", n_batch=n_batch, name=prefix + "wo")
+  return projs
 
 
 def ambient_mesh():

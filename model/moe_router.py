@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-WEIGHTINGS = ("softmax_topk", "renorm")
+WEIGHTINGS = ("softmax_topk", "topk_probs")
 
 
 class Routing(NamedTuple):
@@ -20,13 +20,16 @@ class Routing(NamedTuple):
 def route(logits_TE: jax.Array, k: int, weighting: str = "softmax_topk") -> Routing:
   """Picks the top-k experts per token and their combine weights.
 
-  weighting (k >= 2; the weights of a token sum to 1):
-    "softmax_topk": softmax over the k selected logits (Mixtral).
-    "renorm": the full-softmax probabilities of the k selected experts, divided by
-      their sum (GShard / DeepSeek style).
-  k == 1 (either weighting): the weight is the full-softmax probability of the chosen
-  expert, as in Switch Transformer. Both rules above would give a constant 1 there and
-  leave the router without any gradient from the task loss.
+  weighting:
+    "softmax_topk": softmax over the k selected logits (Mixtral); a token's weights sum
+      to 1. (Dividing the selected full-softmax probabilities by their sum is the same
+      function, so it is not offered separately.)
+    "topk_probs": the full-softmax probabilities of the k selected experts, not
+      renormalised (Switch / DeepSeek-V2 style): weights sum to less than 1, and the
+      router is told how much mass the unselected experts had.
+  k == 1 (either weighting): the full-softmax probability of the chosen expert, as in
+  Switch Transformer; a softmax over one logit would be a constant 1 and leave the router
+  without any gradient from the task loss.
   Ties are broken towards the lower expert id (lax.top_k).
   """
   if weighting not in WEIGHTINGS:
@@ -38,12 +41,10 @@ def route(logits_TE: jax.Array, k: int, weighting: str = "softmax_topk") -> Rout
   probs_TE = jax.nn.softmax(logits_TE, axis=-1)
   top_logits_TK, expert_TK = jax.lax.top_k(logits_TE, k)
   top_probs_TK = jnp.take_along_axis(probs_TE, expert_TK, axis=-1)
-  if k == 1:
+  if k == 1 or weighting == "topk_probs":
     weight_TK = top_probs_TK
-  elif weighting == "softmax_topk":
-    weight_TK = jax.nn.softmax(top_logits_TK, axis=-1)
   else:
-    weight_TK = top_probs_TK / jnp.sum(top_probs_TK, axis=-1, keepdims=True)
+    weight_TK = jax.nn.softmax(top_logits_TK, axis=-1)
   return Routing(expert_TK.astype(jnp.int32), weight_TK, probs_TE)
 
 

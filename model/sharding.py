@@ -30,6 +30,10 @@ LOGICAL_RULES = (
     ("layers", None),
     ("norm", None),
     ("position", None),
+    # PEFT parameters: LoRA factors shard like their base kernel's other dims.
+    ("lora_rank", None),
+    ("adapter", None),
+    ("soft_prompt", None),
     # Activations.
     ("act_batch", BATCH_AXES),
     ("act_length", None),

@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from model import sharding
-from model.attention import Attention
+from model.adapters import Adapter
+from model.attention import Attention, Mask
 from model.config import ModelConfig, compute_dtype
-from model.layers import (Embed, LearnedPositions, Mlp, Norm, Unembed,
+from model.layers import (Embed, LearnedPositions, Mlp, Norm, Projection, param_init,
                           sinusoidal_positions)
+from model.peft import PeftConfig, count_params  # noqa: F401  (count_params re-exported)
 
 _ACT_BLD = ("act_batch", "act_length", "act_embed")
 _REMAT_POLICIES = {
@@ -31,30 +33,41 @@ def group_size(config: ModelConfig) -> int:
 
 
 class Block(nn.Module):
-  """Attention + FFN sub-layers with residuals, pre- or post-norm."""
+  """Attention + FFN sub-layers with residuals, pre- or post-norm, optional adapters."""
   config: ModelConfig
+  peft: PeftConfig = PeftConfig()
   moe: bool = False
+  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, kv_cache=None):
-    c = self.config
-    attn = Attention(c, name="attn")
+  def __call__(self, x_BLD, positions_BL, mask: Mask, kv_cache=None):
+    c, peft, det = self.config, self.peft, self.deterministic
     attn_norm = Norm(c, name="attn_norm")
     mlp_norm = Norm(c, name="mlp_norm")
+
+    def attn(h_BLD):
+      a_BLD, new_kv = Attention(c, peft, name="attn")(h_BLD, positions_BL, kv_cache, mask, det)
+      if peft.adapter_at("attention"):
+        a_BLD = Adapter(c, peft, name="adapter_attn")(a_BLD, det)
+      return a_BLD, new_kv
 
     def ffn(h_BLD):
       if self.moe:
         from model.moe import MoeMlp  # pylint: disable=g-import-not-at-top
-        return MoeMlp(c, name="moe")(h_BLD)
-      return Mlp(c, name="mlp")(h_BLD), {}
+        f_BLD, aux = MoeMlp(c, peft, name="moe")(h_BLD, det)
+      else:
+        f_BLD, aux = Mlp(c, peft, name="mlp")(h_BLD, det), {}
+      if peft.adapter_at("mlp"):
+        f_BLD = Adapter(c, peft, name="adapter_mlp")(f_BLD, det)
+      return f_BLD, aux
 
     if c.norm_position == "pre":
-      a_BLD, new_kv = attn(attn_norm(x_BLD), positions_BL, kv_cache)
+      a_BLD, new_kv = attn(attn_norm(x_BLD))
       x_BLD = x_BLD + a_BLD
       f_BLD, aux = ffn(mlp_norm(x_BLD))
       x_BLD = x_BLD + f_BLD
     else:
-      a_BLD, new_kv = attn(x_BLD, positions_BL, kv_cache)
+      a_BLD, new_kv = attn(x_BLD)
       x_BLD = attn_norm(x_BLD + a_BLD)
       f_BLD, aux = ffn(x_BLD)
       x_BLD = mlp_norm(x_BLD + f_BLD)
@@ -68,15 +81,19 @@ class BlockGroup(nn.Module):
   of the group's MoE aux losses ({} for dense groups).
   """
   config: ModelConfig
+  peft: PeftConfig = PeftConfig()
+  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, k_GBSKH=None, v_GBSKH=None, lengths_B=None):
+  def __call__(self, x_BLD, positions_BL, mask: Mask, k_GBSKH=None, v_GBSKH=None,
+               lengths_B=None):
     c = self.config
     auxes, new_k, new_v = [], [], []
     for i in range(group_size(c)):
       kv = None if k_GBSKH is None else (k_GBSKH[i], v_GBSKH[i], lengths_B)
-      x_BLD, aux, new_kv = Block(c, moe=c.is_moe_layer(i), name=f"block_{i}")(
-          x_BLD, positions_BL, kv)
+      block = Block(c, self.peft, moe=c.is_moe_layer(i), deterministic=self.deterministic,
+                    name=f"block_{i}")
+      x_BLD, aux, new_kv = block(x_BLD, positions_BL, mask, kv)
       if aux:
         auxes.append(aux)
       if new_kv is not None:
@@ -98,59 +115,109 @@ def _group_cls(config: ModelConfig):
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM. `__call__(tokens_BL, positions_BL=None, cache=None)`.
+  """Decoder-only LM, optionally with a PEFT method (model/peft.py).
 
-  Without a cache returns (logits_BLV float32, aux); with one returns
-  (logits_BLV, aux, new_cache) where new_cache["lengths"] = cache["lengths"] + L.
-  aux holds the mean over MoE layers of each MoE aux scalar ({} for dense models).
-  Params: embed, [pos_embed], layers | layers_i, [final_norm], [unembed]; final_norm
-  exists only for pre-norm (post-norm blocks already end in a norm).
+  `__call__(tokens_BL, positions_BL=None, cache=None, *, mask=None, prepend_prompt=None,
+  deterministic=True)`. Without a cache returns (logits_BLV float32, aux); with one
+  returns (logits_BLV, aux, new_cache) where new_cache["lengths"] = cache["lengths"] + L
+  (+ P when a soft prompt is prepended). aux holds the mean over MoE layers of each MoE
+  aux scalar ({} for dense models).
+
+  mask: a `Mask` (None = plain causal). With packed segment ids and no positions,
+  positions restart at 0 at every segment start.
+  Prompt tuning: the soft prompt [P, D] is prepended when `prepend_prompt` (default: True
+  without a cache; with a cache say True on the prefill, False on decode steps). Real
+  tokens then sit at positions P.. (explicit positions_BL are shifted by P) and the P
+  prompt positions get no logits, so logits stay [B, L, V].
+  deterministic=False enables LoRA dropout (needs a "dropout" rng).
+  Params: embed, [pos_embed], [soft_prompt], layers | layers_i, [final_norm], [unembed];
+  final_norm exists only for pre-norm (post-norm blocks already end in a norm).
   """
   config: ModelConfig
+  peft: PeftConfig = PeftConfig()
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, cache=None):
-    c = self.config
+  def __call__(self, tokens_BL, positions_BL=None, cache=None, *, mask: Mask | None = None,
+               prepend_prompt: bool | None = None, deterministic: bool = True):
+    c, peft = self.config, self.peft
     if tokens_BL.ndim != 2:
       raise ValueError(f"tokens must be [batch, length], got shape {tokens_BL.shape}")
     b, l = tokens_BL.shape
+    mask = Mask.causal() if mask is None else mask
+    if prepend_prompt is None:
+      if cache is not None and peft.n_prompt:
+        raise ValueError("with prompt tuning and a cache, pass prepend_prompt=True on the "
+                         "prefill and prepend_prompt=False on decode steps")
+      prepend_prompt = cache is None
+    p = peft.n_prompt if prepend_prompt else 0
+    if p and mask.segment_ids_BL is not None:
+      raise ValueError("prompt tuning needs unpacked rows; set --config.data.pack=false")
     if cache is not None:
-      _check_cache(c, cache, b, l)
+      _check_cache(c, cache, b, l + p)
+    offset_B1 = (jnp.zeros((b, 1), jnp.int32) if cache is None
+                 else cache["lengths"][:, None].astype(jnp.int32))
     if positions_BL is None:
-      positions_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-      if cache is not None:
-        positions_BL = positions_BL + cache["lengths"][:, None]
+      positions_BL = mask.positions_BL(b, l) + offset_B1
     elif positions_BL.shape != (b, l):
       raise ValueError(f"positions shape {positions_BL.shape} must equal tokens shape {(b, l)}")
-    if c.pos_encoding == "learned" and cache is None and l > c.max_len:
-      raise ValueError(f"sequence length {l} exceeds model.max_len={c.max_len} of the "
-                       "learned position table; raise --config.model.max_len")
+    if c.pos_encoding == "learned" and cache is None and l + p > c.max_len:
+      raise ValueError(f"sequence length {l}{f' + soft prompt {p}' if p else ''} exceeds "
+                       f"model.max_len={c.max_len} of the learned position table; raise "
+                       "--config.model.max_len")
 
     embed = Embed(c, name="embed")
     x_BLD = embed(tokens_BL)
+    if peft.n_prompt:
+      prompt_PD = self._soft_prompt(embed)
+    if p:
+      prompt_BPD = jnp.broadcast_to(prompt_PD.astype(x_BLD.dtype)[None], (b, p, c.d_model))
+      x_BLD = jnp.concatenate([prompt_BPD, x_BLD], axis=1)
+      prompt_pos_BP = offset_B1 + jnp.arange(p, dtype=jnp.int32)
+      positions_BL = jnp.concatenate([prompt_pos_BP, positions_BL + p], axis=1)
+      if mask.kind == "prefix":
+        mask = Mask.prefix(mask.prefix_lengths_B + p)
     if c.pos_encoding == "learned":
       x_BLD = x_BLD + LearnedPositions(c, name="pos_embed")(positions_BL)
     elif c.pos_encoding == "sinusoidal":
       x_BLD = x_BLD + sinusoidal_positions(positions_BL, c.d_model).astype(compute_dtype(c))
     x_BLD = sharding.constrain(x_BLD, _ACT_BLD)
 
-    x_BLD, aux, new_kv = self._layers(x_BLD, positions_BL, cache)
+    x_BLD, aux, new_kv = self._layers(x_BLD, positions_BL, mask, cache, deterministic)
+    x_BLD = x_BLD[:, p:]
 
     if c.norm_position == "pre":
       x_BLD = Norm(c, name="final_norm")(x_BLD)
     if c.tie_embeddings:
       logits_BLV = embed.attend(x_BLD)
     else:
-      logits_BLV = Unembed(c, name="unembed")(x_BLD)
+      head = Projection(c, peft, (c.d_model, c.vocab_size), ("embed", "vocab"), 1,
+                        c.init_std, "head", out_dtype=jnp.float32, name="unembed")
+      logits_BLV = head(x_BLD, deterministic)
     logits_BLV = sharding.constrain(logits_BLV, ("act_batch", "act_length", "act_vocab"))
     if cache is None:
       return logits_BLV, aux
-    new_cache = {"k": new_kv[0], "v": new_kv[1], "lengths": cache["lengths"] + l}
+    new_cache = {"k": new_kv[0], "v": new_kv[1], "lengths": cache["lengths"] + l + p}
     return logits_BLV, aux, new_cache
 
-  def _layers(self, x_BLD, positions_BL, cache):
+  def _soft_prompt(self, embed: Embed):
+    """The [P, D] soft prompt; "vocab" init copies rows of this model's embedding table
+    (after grafting a base, re-initialise with peft.soft_prompt_from_vocab)."""
+    c, peft = self.config, self.peft
+    names = ("soft_prompt", "embed")
+    if peft.prompt_init == "vocab":
+      table_VD = embed.embedding
+
+      def init(rng, shape, dtype):
+        ids_P = jax.random.randint(rng, shape[:1], 0, c.vocab_size)
+        return jnp.take(table_VD, ids_P, axis=0).astype(dtype)
+      init = nn.with_logical_partitioning(init, names)
+    else:
+      init = param_init(c.init_std, names)
+    return self.param("soft_prompt", init, (peft.n_prompt, c.d_model), jnp.float32)
+
+  def _layers(self, x_BLD, positions_BL, mask, cache, deterministic):
     """Runs all groups; returns (x, aux averaged over groups, (k, v) or None)."""
-    c = self.config
+    c, peft = self.config, self.peft
     g = group_size(c)
     n_groups = c.n_layers // g
     group_cls = _group_cls(c)
@@ -160,17 +227,23 @@ class Transformer(nn.Module):
       cache_args = (split(cache["k"]), split(cache["v"]), cache["lengths"])
 
     if c.scan_layers:
-      in_axes = (nn.broadcast,) + ((0, 0, nn.broadcast) if cache is not None else ())
+      in_axes = (nn.broadcast, nn.broadcast) + ((0, 0, nn.broadcast) if cache is not None
+                                                else ())
+      split_rngs = {"params": True}
+      if not deterministic and peft.method == "lora" and peft.dropout > 0:
+        split_rngs["dropout"] = True  # a fresh dropout mask per layer
       scanned = nn.scan(
           group_cls, variable_axes={"params": 0, "intermediates": 0},
-          split_rngs={"params": True}, in_axes=in_axes, length=n_groups,
+          split_rngs=split_rngs, in_axes=in_axes, length=n_groups,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, ys = scanned(c, name="layers")(x_BLD, positions_BL, *cache_args)
+      x_BLD, ys = scanned(c, peft, deterministic, name="layers")(
+          x_BLD, positions_BL, mask, *cache_args)
     else:
       outs = []
       for i in range(n_groups):
         args = () if cache is None else (cache_args[0][i], cache_args[1][i], cache_args[2])
-        x_BLD, y = group_cls(c, name=f"layers_{i}")(x_BLD, positions_BL, *args)
+        group = group_cls(c, peft, deterministic, name=f"layers_{i}")
+        x_BLD, y = group(x_BLD, positions_BL, mask, *args)
         outs.append(y)
       ys = jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
@@ -197,11 +270,6 @@ def _check_cache(config: ModelConfig, cache, batch: int, length: int) -> None:
                      "build a larger one with init_cache(config, batch, capacity)")
   if cache["lengths"].shape != (batch,):
     raise ValueError(f"cache lengths shape {cache['lengths'].shape} must be ({batch},)")
-
-
-def count_params(params) -> int:
-  """Number of scalars in a (possibly boxed) parameter pytree."""
-  return sum(int(x.size) for x in jax.tree.leaves(nn.meta.unbox(params)))
 
 
 def unstack_layer_params(params: dict, config: ModelConfig) -> dict:

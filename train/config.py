@@ -13,19 +13,12 @@ import os
 import typing
 
 from model import config as model_config
-from model.config import ModelConfig
+from model.config import ModelConfig, strict_from_dict
+from model.mesh import MeshConfig
+from model.peft import PeftConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  """Device mesh sizes; one axis may be -1, meaning the rest of the devices."""
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-  expert: int = 1
-
-  def as_dict(self) -> dict:
-    return dataclasses.asdict(self)
+OBJECTIVES = ("lm", "sft")
+DATA_KINDS = ("text", "sft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +34,17 @@ class DataConfig:
   seq_len: int = 128
   val_fraction: float = 0.02
   cache_dir: str = ""  # "" means ~/.cache/jaxlm
+  # Fine-tuning data (kind="sft"): `data` is a jsonl of {prompt, response} or {messages};
+  # "" means the embedded instruction tasks (train/data/tasks.py).
+  kind: str = "text"  # "text" (a corpus for next-token training) | "sft"
+  chat_template: str = "plain"  # model/chat.py TEMPLATES; recorded in the run directory
+  pack: bool = True  # several examples per row, separated by segment ids
+  sft_train_per_task: int = 2000  # embedded tasks: training examples per task
+  sft_heldout_per_task: int = 40  # embedded tasks: held-out examples per task
+
+  def __post_init__(self):
+    if self.kind not in DATA_KINDS:
+      raise ValueError(f"data.kind={self.kind!r} is not one of {DATA_KINDS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,34 +70,38 @@ class TrainConfig:
   samples: int = 3  # generated samples printed at the end
   sample_tokens: int = 48
   peak_flops: float = 0.0  # per device; 0 means look up the datasheet / measure
+  objective: str = "lm"  # train/objectives/: "lm" (next token) | "sft" (response tokens)
+  init_from: str = ""  # a run directory whose parameters (and tokenizer) start this run
+  task_eval_examples: int = 0  # held-out examples decoded per task at eval (0 = off)
+  task_eval_tokens: int = 24  # max new tokens per task answer
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"train.objective={self.objective!r} is not one of {OBJECTIVES}")
+    for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}; set "
+                         f"--config.train.{name} to a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig = ModelConfig()
+  peft: PeftConfig = PeftConfig()
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
 
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
-  def from_dict(cls, d: dict) -> "Config":
-    return _from_dict(cls, d)
-
-
-def _from_dict(cls, d: dict):
-  hints = typing.get_type_hints(cls)
-  kwargs = {}
-  for field in dataclasses.fields(cls):
-    if field.name not in d:
-      continue
-    value = d[field.name]
-    if dataclasses.is_dataclass(hints[field.name]):
-      value = _from_dict(hints[field.name], value)
-    kwargs[field.name] = value
-  return cls(**kwargs)
+  def from_dict(cls, d: dict, where: str = "config") -> "Config":
+    """Strict: an unknown key anywhere is an error naming it (see strict_from_dict)."""
+    return strict_from_dict(cls, d, where)
 
 
 def load_config_file(spec: str) -> Config:
@@ -129,29 +137,42 @@ def _coerce(value: str, current, field_type):
   return value
 
 
+def _override_dict(cls, values: dict, dotted_key: str, value: str) -> None:
+  """Sets `a.b.c` in the nested dict `values` of dataclass `cls` from the string `value`."""
+  head, _, rest = dotted_key.partition(".")
+  names = [f.name for f in dataclasses.fields(cls)]
+  if head not in names:
+    raise ValueError(f"unknown config field {head!r} in {cls.__name__}; "
+                     f"valid fields: {names}")
+  hint = typing.get_type_hints(cls)[head]
+  if rest:
+    if not dataclasses.is_dataclass(hint):
+      raise ValueError(f"config field {head!r} has no sub-fields (got {dotted_key!r})")
+    _override_dict(hint, values[head], rest, value)
+  elif hint is ModelConfig:
+    values[head] = dataclasses.asdict(model_config.preset(value))
+  elif dataclasses.is_dataclass(hint):
+    raise ValueError(f"config field {head!r} is a group; set one of its fields, "
+                     f"e.g. {head}.{dataclasses.fields(hint)[0].name}=...")
+  else:
+    try:
+      values[head] = _coerce(value, values[head], hint)
+    except ValueError as e:
+      raise ValueError(f"bad value for --config.{dotted_key}: {e}") from None
+
+
 def override(config, dotted_key: str, value: str):
   """Returns a copy of `config` with `a.b.c` set from the string `value`."""
-  head, _, rest = dotted_key.partition(".")
-  names = [f.name for f in dataclasses.fields(config)]
-  if head not in names:
-    raise ValueError(f"unknown config field {head!r} in {type(config).__name__}; "
-                     f"valid fields: {names}")
-  current = getattr(config, head)
-  hints = typing.get_type_hints(type(config))
-  if rest:
-    if not dataclasses.is_dataclass(current):
-      raise ValueError(f"config field {head!r} has no sub-fields (got {dotted_key!r})")
-    return dataclasses.replace(config, **{head: override(current, rest, value)})
-  if isinstance(current, ModelConfig):
-    return dataclasses.replace(config, **{head: model_config.preset(value)})
-  if dataclasses.is_dataclass(current):
-    raise ValueError(f"config field {head!r} is a group; set one of its fields, "
-                     f"e.g. {head}.{dataclasses.fields(current)[0].name}=...")
-  try:
-    parsed = _coerce(value, current, hints.get(head))
-  except ValueError as e:
-    raise ValueError(f"bad value for --config...{dotted_key}: {e}") from None
-  return dataclasses.replace(config, **{head: parsed})
+  return apply_overrides(config, [(dotted_key, value)])
+
+
+def apply_overrides(config, overrides: list[tuple[str, str]]):
+  """Applies every override to a dict, then builds (and validates) the config once, so
+  that the order of related overrides (d_model before n_heads) does not matter."""
+  values = dataclasses.asdict(config)
+  for key, value in overrides:
+    _override_dict(type(config), values, key, value)
+  return strict_from_dict(type(config), values, "config")
 
 
 def split_config_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -176,6 +197,4 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, 
 
 def build_config(config_spec: str | None, overrides: list[tuple[str, str]]) -> Config:
   config = load_config_file(config_spec) if config_spec else Config()
-  for key, value in overrides:
-    config = override(config, key, value)
-  return config
+  return apply_overrides(config, overrides)

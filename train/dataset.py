@@ -18,7 +18,7 @@ from absl import logging
 
 from train import corpus as corpus_lib
 from train import tokenizer as tokenizer_lib
-from train.files import save_npy_atomic, write_json_atomic
+from model.files import save_npy_atomic, write_json_atomic
 
 _FORMAT_VERSION = 1
 _ENCODE_CHUNK_CHARS = 1 << 20
@@ -194,14 +194,17 @@ class TokenDataset:
     return [self._gather(i * batch_size + local) for i in range(n_batches)]
 
 
-def build_datasets(data_config, cache_dir: str | None = None, batch_size: int | None = None):
+def build_datasets(data_config, cache_dir: str | None = None, batch_size: int | None = None,
+                   tokenizer: tokenizer_lib.Tokenizer | None = None):
   """Corpus -> tokenizer -> cached token files -> (tokenizer, train_ds, val_ds, info).
 
-  `batch_size`, when given, is checked against the training split up front.
+  `batch_size`, when given, is checked against the training split up front. `tokenizer`
+  (e.g. the one of an --init_from run) replaces the one data_config would train.
   """
   cache_dir = corpus_lib.resolve_cache_dir(data_config, cache_dir)
   corpus = corpus_lib.load_corpus(data_config)
-  tokenizer = tokenizer_lib.get_tokenizer(data_config, corpus, cache_dir)
+  if tokenizer is None:
+    tokenizer = tokenizer_lib.get_tokenizer(data_config, corpus, cache_dir)
   directory, meta = build_token_files(corpus, tokenizer, data_config.val_fraction, cache_dir)
   train_ds = TokenDataset(os.path.join(directory, "train.npy"), data_config.seq_len, name="train")
   val_ds = TokenDataset(os.path.join(directory, "val.npy"), data_config.seq_len, name="val")

@@ -1,6 +1,6 @@
-"""The training loop: data, resume, logging, evaluation, checkpoints, signals, divergence."""
+"""The training loop: data, init / init_from / resume, logging, evaluation, checkpoints,
+signals, divergence."""
 
-import dataclasses
 import json
 import math
 import os
@@ -12,11 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from model import flops, sharding
-from train import checkpoint, hardware
+from model import flops, sharding, store
+from train import checkpoint, hardware, run_setup
 from train.config import Config
-from train.dataset import build_datasets
-from train.files import write_json_atomic
 from train.step import Trainer
 
 
@@ -50,30 +48,6 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
-def fit_vocab_to_tokenizer(config: Config, tokenizer_vocab: int) -> Config:
-  """Grows model.vocab_size to cover the tokenizer (rounded up to a multiple of 8)."""
-  if config.model.vocab_size >= tokenizer_vocab:
-    return config
-  vocab = -(-tokenizer_vocab // 8) * 8
-  logging.info("model.vocab_size %d < tokenizer vocabulary %d: using %d",
-               config.model.vocab_size, tokenizer_vocab, vocab)
-  return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab))
-
-
-def _check_resumable(workdir: str, config: Config) -> None:
-  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
-  if not os.path.exists(path):
-    return
-  saved = checkpoint.load_config(workdir)
-  if saved.model != config.model or saved.data != config.data:
-    raise ValueError(
-        f"{workdir} holds a run with a different model or data config; resume with the same "
-        "settings or pass a new --workdir")
-  if saved.train != config.train:
-    logging.warning("resuming %s with changed train settings: the run will not match an "
-                    "uninterrupted run of either config", workdir)
-
-
 def peak_flops_per_device(config: Config) -> tuple[float, str]:
   """The MFU denominator: configured, datasheet, or a matmul measured now (CPU)."""
   if config.train.peak_flops > 0:
@@ -84,18 +58,56 @@ def peak_flops_per_device(config: Config) -> tuple[float, str]:
   return hardware.measure_matmul_flops(), "measured matmul"
 
 
-def evaluate(trainer: Trainer, state, val_ds, config: Config) -> dict:
-  """Held-out loss averaged per token over the same validation batches every time."""
+def evaluate(trainer: Trainer, state, frozen, val_ds, config: Config) -> dict:
+  """Held-out loss averaged per target token over the same validation batches every time."""
   loss_sum, count = 0.0, 0.0
   n_proc, proc = jax.process_count(), jax.process_index()
   for batch in val_ds.eval_batches(config.train.batch_size, config.train.eval_batches):
     rows = config.train.batch_size // n_proc
     local = {k: np.asarray(v[proc * rows:(proc + 1) * rows]) for k, v in batch.items()}
-    batch_loss, batch_count = trainer.eval_step(state.params, trainer.global_batch(local))
-    loss_sum += float(batch_loss)
-    count += float(batch_count)
+    _, weight_sum, metric_sums = trainer.eval_step(state.params, frozen,
+                                                   trainer.global_batch(local))
+    loss_sum += float(metric_sums["ce_loss"])
+    count += float(weight_sum)
   loss = loss_sum / max(count, 1.0)
   return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": count}
+
+
+def _count(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def _log_trainable(trainer: Trainer, state, frozen) -> dict:
+  """Trainable parameters (count, % of the model) and optimizer-state bytes, at start."""
+  trainable = _count(state.params)
+  total = trainable + _count(frozen)
+  opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state))
+  logging.info("peft %s: %s trainable of %s parameters (%.4f%%); optimizer state %.2f MB",
+               trainer.config.peft.method, f"{trainable:,}", f"{total:,}",
+               100.0 * trainable / max(total, 1), opt_bytes / 1e6)
+  return {"trainable_params": trainable, "total_params": total,
+          "optimizer_state_bytes": int(opt_bytes)}
+
+
+def _task_evaluator(config: Config, data, trainer: Trainer):
+  """Exact match on held-out tasks (fine-tuning data only), or None."""
+  if not data.heldout or config.train.task_eval_examples <= 0:
+    return None
+  from infer.decode import Decoder  # pylint: disable=g-import-not-at-top
+  from train import task_eval  # pylint: disable=g-import-not-at-top
+  rows = task_eval.select_rows(data.heldout, config.train.task_eval_examples)
+  decoder = Decoder(config.model, trainer.mesh, config.peft)
+
+  def run(state, frozen) -> dict:
+    start = time.perf_counter()
+    result = task_eval.evaluate_tasks(decoder, trainer.full_params(state, frozen),
+                                      data.tokenizer, data.template, rows,
+                                      config.train.task_eval_tokens)
+    logging.info("task exact match %.3f over %d held-out examples (%.1fs): %s",
+                 result["exact_match"], len(rows), time.perf_counter() - start,
+                 " ".join(f"{k.split('/')[-1]}={v:.2f}" for k, v in result.items() if "/" in k))
+    return result
+  return run
 
 
 class _MetricsLog:
@@ -117,23 +129,19 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.as_dict())
-  tokenizer, train_ds, val_ds, data_info = build_datasets(config.data)
-  config = fit_vocab_to_tokenizer(config, tokenizer.vocab_size)
-  _check_resumable(workdir, config)
-  if jax.process_index() == 0:
-    checkpoint.save_config(workdir, config)
-    write_json_atomic(os.path.join(workdir, checkpoint.DATA_FILE), data_info)
-    tokenizer.save(os.path.join(workdir, checkpoint.TOKENIZER_DIR))
-
-  trainer = Trainer(config, mesh)
-  trainer.check_batch_size()
-  manager = checkpoint.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
-  if manager.latest_step() is not None:
-    state = checkpoint.restore(manager, trainer.abstract_state)
-    logging.info("resumed from %s at step %d", workdir, int(state.step))
-  else:
-    state = trainer.init(config.train.seed)
+  start = run_setup.start_run(config, workdir, mesh)
+  config, trainer, manager = start.config, start.trainer, start.manager
+  state, frozen = start.state, start.frozen
+  train_ds, val_ds = start.data.train, start.data.val
   start_step = int(state.step)
+  if stop_at_step is not None and stop_at_step <= start_step:
+    logging.warning("--stop_at_step=%d is not after the current step %d: nothing to do",
+                    stop_at_step, start_step)
+    manager.close()
+    return {"start_step": start_step, "step": start_step, "stopped_early": True,
+            "workdir": workdir}
+  param_info = _log_trainable(trainer, state, frozen)
+  task_eval = _task_evaluator(config, start.data, trainer)
 
   train_config = config.train
   seq_len = config.data.seq_len
@@ -151,7 +159,7 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
                     tokens_per_step * train_config.steps / train_ds.tokens_per_epoch)
 
   metrics_log = _MetricsLog(workdir)
-  summary = {"start_step": start_step}
+  summary = {"start_step": start_step, "peft": config.peft.method}
   last_saved = manager.latest_step()
   interval_start, interval_steps = None, 0
   any_nonfinite = jnp.zeros((), bool)
@@ -160,7 +168,7 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
     while step < train_config.steps:
       local = train_ds.batch(train_config.seed, step, train_config.batch_size,
                              jax.process_index(), jax.process_count())
-      state, metrics = trainer.train_step(state, trainer.global_batch(local))
+      state, metrics = trainer.train_step(state, frozen, trainer.global_batch(local))
       any_nonfinite = any_nonfinite | ~metrics["finite"]
       step += 1
       if interval_start is None:  # the first step compiles: time from its end
@@ -197,16 +205,19 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
         summary.update(train_loss=record["loss"], tokens_per_s=tokens_per_s, mfu=record["mfu"])
         interval_start, interval_steps = time.perf_counter(), 0
       if train_config.eval_every and (step % train_config.eval_every == 0) and not last:
-        eval_metrics = evaluate(trainer, state, val_ds, config)
+        eval_metrics = evaluate(trainer, state, frozen, val_ds, config)
         logging.info("step %d held-out loss %.4f perplexity %.2f", step,
                      eval_metrics["val_loss"], eval_metrics["val_perplexity"])
+        if task_eval:
+          eval_metrics.update(task_eval(state, frozen))
         metrics_log.write(dict(eval_metrics, step=step))
         interval_start, interval_steps = time.perf_counter(), 0
       if step % train_config.checkpoint_every == 0 or last or stop.signal:
         if bool(any_nonfinite):
           raise TrainingDiverged(f"loss became NaN/inf by step {step}; not saving. The last good "
                                  f"checkpoint (step {last_saved}) is intact.")
-        checkpoint.save(manager, step, state, force=True)
+        store.save_checkpoint(manager, step, trainer.full_params(state, frozen),
+                              {"step": state.step, "opt_state": state.opt_state}, force=True)
         last_saved = step
       if stop.signal:
         logging.warning("stopped (%s) at step %d; rerun the same command to resume",
@@ -217,12 +228,15 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
   summary["stopped_early"] = step < train_config.steps
   summary["step"] = step
   if step >= train_config.steps:
-    eval_metrics = evaluate(trainer, state, val_ds, config)
+    eval_metrics = evaluate(trainer, state, frozen, val_ds, config)
     logging.info("final held-out loss %.4f perplexity %.2f over %d tokens",
                  eval_metrics["val_loss"], eval_metrics["val_perplexity"],
                  eval_metrics["val_tokens"])
+    if task_eval:
+      eval_metrics.update(task_eval(state, frozen))
     metrics_log.write(dict(eval_metrics, step=step, final=True))
     summary.update(eval_metrics)
+  summary.update(param_info, how=start.how)
   summary.update(params=counts["total"], flops_per_token=flops_per_token,
                  tokens=step * tokens_per_step, workdir=workdir)
   return summary

@@ -5,10 +5,10 @@ import optax
 
 from train.config import TrainConfig
 
-# Path fragments of leaves that never decay: embeddings, position tables, norm scales, biases
-# (scanned layers stack these, so their rank alone does not tell them apart).
-_NO_DECAY_NAME_PARTS = ("embed", "pos_", "position", "norm", "scale", "bias")
-
+# Weight decay is chosen by a parameter's role, read from its own (last) name: projection
+# weights decay; embeddings, position tables, norm scales, biases and the soft prompt do
+# not. (Matching fragments of the whole path is how `unembed/kernel` once escaped decay.)
+DECAYED_NAMES = ("kernel", "router_kernel", "lora_a", "lora_b")
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
@@ -23,12 +23,11 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 def weight_decay_mask(params, decay_norms_and_embeddings: bool = False):
   """True for leaves that get weight decay: weight matrices, not embeddings/norms/biases."""
   def decays(path, leaf):
+    del leaf
     if decay_norms_and_embeddings:
       return True
-    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path).lower()
-    if leaf.ndim < 2:
-      return False
-    return not any(part in name for part in _NO_DECAY_NAME_PARTS)
+    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1]))) if path else ""
+    return name in DECAYED_NAMES
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

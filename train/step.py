@@ -1,9 +1,14 @@
-"""The jitted train and eval steps, and sharded train-state creation.
+"""The jitted train and eval steps over trainable and frozen parameter trees.
 
-`Trainer(config, mesh)` owns the model, optimizer and the three jitted programs:
-`init(rng) -> state`, `train_step(state, batch) -> (state, metrics)` (state donated),
-`eval_step(params, batch) -> (loss_sum, token_count)`. Shardings come from the logical
-axis names on the parameters through `model.sharding`.
+`Trainer(config, mesh)` owns the model, the objective (train/objectives/), the optimizer
+and three jitted programs:
+  init(seed) / init_from(base_params, seed) -> (state, frozen)
+  train_step(state, frozen, batch) -> (state, metrics)      state donated
+  eval_step(params, frozen, batch) -> (loss_sum, weight_sum, metric_sums)
+`state.params` is the trainable tree (all parameters for full fine-tuning, LoRA factors,
+adapters or the soft prompt otherwise) and the only one with optimizer state and
+gradients; `frozen["model"]` holds the rest of the model. Shardings come from the
+logical axis names on the parameters through `model.sharding`.
 """
 
 from typing import Any
@@ -14,68 +19,75 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model import sharding
+from model import peft, sharding
+from model.peft import PeftConfig
 from model.transformer import Transformer
 from train.config import Config
+from train.objectives import make_objective
 from train.optimizer import learning_rate_schedule, make_optimizer
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any
+  params: Any  # the trainable tree
   opt_state: Any
 
 
-def cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array,
-                  weights_BL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Sum of float32 token cross-entropies and the number of counted tokens."""
-  logits_BLV = logits_BLV.astype(jnp.float32)
-  log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
-  target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-  loss_BL = log_z_BL - target_logit_BL
-  if weights_BL is None:
-    weights_BL = jnp.ones_like(loss_BL)
-  weights_BL = weights_BL.astype(jnp.float32)
-  return jnp.sum(loss_BL * weights_BL), jnp.sum(weights_BL)
-
-
 def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros(())
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def _tree_where(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+def _abstract(boxed_tree, shardings):
+  return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                      nn.unbox(boxed_tree), shardings)
+
+
 class Trainer:
-  """Model + optimizer + jitted init/train/eval programs for one config and mesh."""
+  """Model + objective + optimizer + jitted programs for one config and mesh."""
 
   def __init__(self, config: Config, mesh: jax.sharding.Mesh):
     self.config = config
     self.mesh = mesh
-    self.model = Transformer(config.model)
+    self.model = Transformer(config.model, config.peft)
+    self.objective = make_objective(config.train.objective, self.model, config)
     self.optimizer = make_optimizer(config.train)
     self.schedule = learning_rate_schedule(config.train)
     with sharding.use_mesh(mesh):
-      abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
-    self.state_shardings = sharding.tree_shardings(abstract_boxed, mesh)
-    self.abstract_state = jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        nn.unbox(abstract_boxed), self.state_shardings)
+      params_boxed = jax.eval_shape(self._init_params_boxed, jax.random.key(0))
+      base_boxed = jax.eval_shape(self._init_base_boxed, jax.random.key(0))
+      state_boxed, frozen_boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
+    self.params_shardings = sharding.tree_shardings(params_boxed, mesh)
+    self.abstract_params = _abstract(params_boxed, self.params_shardings)
+    self.abstract_base_params = _abstract(
+        base_boxed, sharding.tree_shardings(base_boxed, mesh))
+    self.state_shardings = sharding.tree_shardings(state_boxed, mesh)
+    self.frozen_shardings = sharding.tree_shardings(frozen_boxed, mesh)
+    self.abstract_state = _abstract(state_boxed, self.state_shardings)
     self.batch_sharding = sharding.batch_sharding(mesh, 2)
     replicated = sharding.replicated(mesh)
     self._init = jax.jit(lambda rng: nn.unbox(self._init_boxed(rng)),
-                         out_shardings=self.state_shardings)
+                         out_shardings=(self.state_shardings, self.frozen_shardings))
+    self._init_params = jax.jit(lambda rng: nn.unbox(self._init_params_boxed(rng)),
+                                out_shardings=self.params_shardings)
+    self._start = jax.jit(self._start_fn, in_shardings=(self.params_shardings,),
+                          out_shardings=(self.state_shardings, self.frozen_shardings))
     self._train_step = jax.jit(
         self._train_step_fn,
-        in_shardings=(self.state_shardings, self.batch_sharding),
+        in_shardings=(self.state_shardings, self.frozen_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=(0,))
     self._eval_step = jax.jit(
         self._eval_step_fn,
-        in_shardings=(self.state_shardings.params, self.batch_sharding),
-        out_shardings=(replicated, replicated))
+        in_shardings=(self.state_shardings.params, self.frozen_shardings, self.batch_sharding),
+        out_shardings=replicated)
 
   def check_batch_size(self):
     """The global batch must split evenly over batch mesh axes and accumulation steps."""
@@ -88,42 +100,61 @@ class Trainer:
 
   # -- programs ---------------------------------------------------------------------------
 
+  def _example_tokens(self):
+    return jnp.zeros((1, self.config.data.seq_len), jnp.int32)
+
+  def _init_params_boxed(self, rng):
+    return self.model.init(rng, self._example_tokens())["params"]
+
+  def _init_base_boxed(self, rng):
+    """Parameters of the same model without PEFT additions: what --init_from reads."""
+    return Transformer(self.config.model, PeftConfig()).init(
+        rng, self._example_tokens())["params"]
+
+  def split(self, params):
+    """Full parameter tree -> (trainable, frozen dict)."""
+    trainable, frozen_model = peft.split(params, self.config.peft)
+    return trainable, ({"model": frozen_model} if frozen_model else {})
+
   def _init_boxed(self, rng):
-    seq_len = self.config.data.seq_len
-    tokens_BL = jnp.zeros((1, seq_len), jnp.int32)
-    params = self.model.init(rng, tokens_BL)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params))
+    return self._start_fn(self._init_params_boxed(rng))
 
-  def loss_fn(self, params, batch):
-    """Mean token cross-entropy plus weighted MoE auxiliary losses; returns (loss, metrics)."""
-    logits_BLV, aux = self.model.apply({"params": params}, batch["inputs"])
-    loss_sum, n_tokens = cross_entropy(logits_BLV, batch["targets"], batch.get("weights"))
-    ce = loss_sum / jnp.maximum(n_tokens, 1.0)
-    model_config = self.config.model
-    total = ce
-    metrics = {"ce_loss": ce}
-    if aux:
-      total = (total + model_config.load_balance_weight * aux["load_balance_loss"]
-               + model_config.router_z_loss_weight * aux["router_z_loss"])
-      metrics.update({f"moe_{k}": v for k, v in aux.items()})
-    return total, metrics
+  def _start_fn(self, params):
+    trainable, frozen = self.split(params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                       opt_state=self.optimizer.init(trainable))
+    return state, frozen
 
-  def _train_step_fn(self, state: TrainState, batch):
+  def _train_step_fn(self, state: TrainState, frozen, batch):
     accum = self.config.train.grad_accum
-    grad_fn = jax.value_and_grad(self.loss_fn, has_aux=True)
+    rng = jax.random.fold_in(jax.random.key(self.config.train.seed), state.step)
+
+    def sums(params, micro_batch, micro_rng):
+      loss_sum, weight_sum, metric_sums = self.objective(params, frozen, micro_batch,
+                                                         micro_rng)
+      return loss_sum, (weight_sum, metric_sums)
+
+    grad_fn = jax.value_and_grad(sums, has_aux=True)
     if accum == 1:
-      (loss, metrics), grads = grad_fn(state.params, batch)
+      (loss_sum, (weight_sum, metric_sums)), grad_sums = grad_fn(state.params, batch, rng)
     else:
       micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
-      def accumulate(carry, micro_batch):
-        return jax.tree.map(jnp.add, carry, grad_fn(state.params, micro_batch)), None
+      def accumulate(carry, inputs):
+        micro_batch, index = inputs
+        out = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, carry, out), None
 
-      shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
+      shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      ((loss, metrics), grads), _ = jax.lax.scan(accumulate, zeros, micro)
-      loss, metrics, grads = jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
+      ((loss_sum, (weight_sum, metric_sums)), grad_sums), _ = jax.lax.scan(
+          accumulate, zeros, (micro, jnp.arange(accum)))
+    # One division by the weight of the whole global batch: unbiased under accumulation
+    # and packing (every target token counts the same, wherever it sits).
+    total = jnp.maximum(weight_sum, 1e-9)
+    loss = loss_sum / total
+    grads = jax.tree.map(lambda g: g / total, grad_sums)
+    metrics = jax.tree.map(lambda m: m / total, metric_sums)
     updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
@@ -131,27 +162,54 @@ class Trainer:
         step=state.step + 1,
         params=_tree_where(finite, new_params, state.params),
         opt_state=_tree_where(finite, new_opt_state, state.opt_state))
-    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads), target_tokens=weight_sum,
                    learning_rate=self.schedule(state.step), finite=finite)
     return new_state, metrics
 
-  def _eval_step_fn(self, params, batch):
-    logits_BLV, _ = self.model.apply({"params": params}, batch["inputs"])
-    return cross_entropy(logits_BLV, batch["targets"], batch.get("weights"))
+  def _eval_step_fn(self, params, frozen, batch):
+    return self.objective(params, frozen, batch, jax.random.key(0), train=False)
 
   # -- public API ---------------------------------------------------------------------------
 
-  def init(self, seed: int) -> TrainState:
+  def init(self, seed: int):
+    """A fresh run: (state, frozen) from random parameters."""
     with sharding.use_mesh(self.mesh):
       return self._init(jax.random.key(seed))
 
-  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+  def init_from(self, base_params, seed: int):
+    """A run that starts from `base_params` (a model without PEFT additions): PEFT
+    parameters are initialised fresh (LoRA B = 0, zero adapters, the soft prompt from
+    vocabulary rows), every other parameter is the base's."""
     with sharding.use_mesh(self.mesh):
-      return self._train_step(state, batch)
+      fresh = self._init_params(jax.random.key(seed))
+      params = peft.graft(base_params, fresh)
+      if self.config.peft.method == "prompt_tuning" and self.config.peft.prompt_init == "vocab":
+        params = dict(params, soft_prompt=peft.soft_prompt_from_vocab(
+            params, jax.random.key(seed + 1), self.config.peft.prompt_length))
+      params = jax.tree.map(jax.device_put, params, self.params_shardings)
+      return self._start(params)
 
-  def eval_step(self, params, batch):
+  def resume(self, params, train_state: dict):
+    """(state, frozen) from a checkpoint's full params and its {step, opt_state}."""
+    trainable, frozen = self.split(params)
+    state = TrainState(step=train_state["step"], params=trainable,
+                       opt_state=train_state["opt_state"])
+    return state, frozen
+
+  def abstract_train_state(self) -> dict:
+    """What a checkpoint's train_state item holds: the step and the optimizer state."""
+    return {"step": self.abstract_state.step, "opt_state": self.abstract_state.opt_state}
+
+  def full_params(self, state: TrainState, frozen):
+    return peft.combine(state.params, frozen["model"]) if frozen else state.params
+
+  def train_step(self, state: TrainState, frozen, batch) -> tuple[TrainState, dict]:
     with sharding.use_mesh(self.mesh):
-      return self._eval_step(params, batch)
+      return self._train_step(state, frozen, batch)
+
+  def eval_step(self, params, frozen, batch):
+    with sharding.use_mesh(self.mesh):
+      return self._eval_step(params, frozen, batch)
 
   def global_batch(self, local_batch: dict, global_rows: int | None = None) -> dict:
     """Assembles this process's rows into global arrays sharded over the batch axes."""

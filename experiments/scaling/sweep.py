@@ -231,18 +231,18 @@ def measure_speed(config, min_seconds: float = 2.0, min_steps: int = 3) -> dict:
   from train.step import Trainer
   start = time.perf_counter()
   trainer = Trainer(config, sharding.make_mesh(config.mesh.as_dict()))
-  state = trainer.init(0)
+  state, frozen = trainer.init(0)
   rows = (config.train.batch_size // jax.process_count(), config.data.seq_len)
   batch = trainer.global_batch({"inputs": np.zeros(rows, np.int32),
                                 "targets": np.zeros(rows, np.int32)})
-  state, _ = trainer.train_step(state, batch)
+  state, _ = trainer.train_step(state, frozen, batch)
   jax.block_until_ready(state)
-  trainer.eval_step(state.params, batch)
+  trainer.eval_step(state.params, frozen, batch)
   compiled = time.perf_counter()
   steps = 0
   while steps < min_steps or time.perf_counter() - compiled < min_seconds:
     for _ in range(max(1, steps)):
-      state, _ = trainer.train_step(state, batch)
+      state, _ = trainer.train_step(state, frozen, batch)
     jax.block_until_ready(state)
     steps += max(1, steps)
   elapsed = time.perf_counter() - compiled

@@ -61,7 +61,7 @@ def test_cached_attention_matches_numpy_with_row_offsets():
       want_mask[bi, i, :ln + i + 1] = True
   np.testing.assert_array_equal(mask, want_mask)
   want = np_attention(q, kk, v, want_mask)
-  got = _jit(attention.cached_attention)(q, kk, v, mask[:, None])
+  got = _jit(attention.masked_attention)(q, kk, v, mask[:, None])
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   ref = _jit(attention.reference_attention)(q, kk, v, mask)
   np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
@@ -101,7 +101,8 @@ def test_attention_module_matches_numpy():
   rng = np.random.default_rng(3)
   params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.normal(size=a.shape), jnp.float32),
                         abstract["params"])
-  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  p = {k: np.asarray(v["kernel"], np.float64) for k, v in params.items()}
+  assert set(params) == {"query", "key", "value", "out"}
   assert p["query"].shape == (32, 4, 8) and p["key"].shape == (32, 2, 8)
   got, new_cache = _jit(module.apply)({"params": params}, x, pos)
   assert new_cache is None
@@ -132,3 +133,100 @@ def test_attention_impl_choice():
   want = "cudnn" if jax.default_backend() == "gpu" else "xla"
   assert attention.attention_impl(ModelConfig(dtype="bfloat16")) == want
   assert attention.attention_impl(ModelConfig(dtype="float32")) == "xla"
+
+
+# ---- masks as data ----
+
+SEGMENTS = np.array([[1, 1, 1, 2, 2, 2, 2, 0],
+                     [1, 1, 1, 1, 1, 3, 3, 3]], np.int32)
+PREFIX = np.array([3, 0], np.int32)
+
+
+def _np_mask(kind, segments=None, prefix=None, b=2, l=8):
+  """The documented mask rules, one (query, key) pair at a time."""
+  out = np.zeros((b, l, l), bool)
+  for bi in range(b):
+    for i in range(l):
+      for j in range(l):
+        ok = {"causal": j <= i, "bidirectional": True,
+              "prefix": j <= i or (prefix is not None and j < prefix[bi])}[kind]
+        if segments is not None:
+          ok = (ok and segments[bi, i] == segments[bi, j] and segments[bi, j] > 0) or i == j
+        out[bi, i, j] = ok
+  return out
+
+
+MASKS = {
+    "packed": (lambda: attention.Mask.packed(SEGMENTS), ("causal", SEGMENTS, None)),
+    "bidirectional": (lambda: attention.Mask.bidirectional(), ("bidirectional", None, None)),
+    "bidirectional_packed": (lambda: attention.Mask.bidirectional(SEGMENTS),
+                             ("bidirectional", SEGMENTS, None)),
+    "prefix": (lambda: attention.Mask.prefix(PREFIX), ("prefix", None, PREFIX)),
+    "prefix_packed": (lambda: attention.Mask.prefix(PREFIX, SEGMENTS),
+                      ("prefix", SEGMENTS, PREFIX)),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+def test_mask_rules_and_masked_attention_match_numpy(name):
+  make, (kind, segments, prefix) = MASKS[name]
+  mask = make()
+  want_mask = _np_mask(kind, segments, prefix)
+  got_mask = np.broadcast_to(np.asarray(mask.mask_BLS(8)), want_mask.shape)
+  np.testing.assert_array_equal(got_mask, want_mask)
+  assert not mask.is_plain_causal
+  q, kk, v = _qkv(2, 8, 8, 4, 2, 8, seed=5)
+  want = np_attention(q, kk, v, want_mask)
+  got = _jit(lambda q, k, v, m: attention.masked_attention(q, k, v, m.mask_BLS(8)[:, None]))(
+      q, kk, v, mask)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  ref = _jit(attention.reference_attention)(q, kk, v, jnp.asarray(want_mask))
+  np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_attention_equals_each_segment_alone():
+  q, kk, v = _qkv(2, 8, 8, 4, 2, 8, seed=6)
+  mask_BLS = attention.Mask.packed(SEGMENTS).mask_BLS(8)
+  packed = np.asarray(_jit(attention.masked_attention)(q, kk, v, mask_BLS[:, None]))
+  for b in range(2):
+    for seg in set(SEGMENTS[b].tolist()) - {0}:
+      idx = np.flatnonzero(SEGMENTS[b] == seg)
+      alone = attention.causal_attention(q[b:b + 1, idx], kk[b:b + 1, idx], v[b:b + 1, idx])
+      np.testing.assert_allclose(packed[b, idx], np.asarray(alone)[0], atol=1e-5, rtol=1e-5)
+  # The padding token sees only itself: its output is its own value row, not NaN.
+  np.testing.assert_allclose(packed[0, 7], np.repeat(v[0, 7], 2, axis=0), atol=1e-6)
+
+
+def test_mask_positions_restart_per_segment_and_bad_masks():
+  pos = attention.Mask.packed(SEGMENTS).positions_BL(2, 8)
+  np.testing.assert_array_equal(pos, [[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 3, 4, 0, 1, 2]])
+  np.testing.assert_array_equal(attention.Mask.causal().positions_BL(1, 3), [[0, 1, 2]])
+  assert attention.Mask.causal().is_plain_causal
+  with pytest.raises(ValueError, match="Mask.prefix"):
+    attention.Mask("prefix")
+  with pytest.raises(ValueError, match="not one of"):
+    attention.Mask("sliding")
+
+
+@pytest.mark.parametrize("name", ["bidirectional", "prefix_packed"])
+def test_attention_module_with_mask_matches_numpy(name):
+  make, (kind, segments, prefix) = MASKS[name]
+  c = ModelConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2,
+                  pos_encoding="sinusoidal")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 32))
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  module = attention.Attention(c)
+  abstract = nn.meta.unbox(jax.eval_shape(module.init, jax.random.PRNGKey(1), x, pos))
+  rng = np.random.default_rng(4)
+  params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.normal(size=a.shape), jnp.float32),
+                        abstract["params"])
+  p = {k: np.asarray(v["kernel"], np.float64) for k, v in params.items()}
+  got, _ = _jit(lambda prm, x, m: module.apply(prm, x, pos, mask=m))({"params": params}, x,
+                                                                       make())
+  xn = np.asarray(x, np.float64)
+  q = np.einsum("bld,dnh->blnh", xn, p["query"])
+  k = np.einsum("bld,dkh->blkh", xn, p["key"])
+  v = np.einsum("bld,dkh->blkh", xn, p["value"])
+  want = np.einsum("blnh,nhd->bld", np_attention(q, k, v, _np_mask(kind, segments, prefix)),
+                   p["out"])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)

@@ -56,6 +56,15 @@ def _params(config, seed=0, equal_experts=False):
   return {key: jnp.asarray(w, jnp.float32) for key, w in p.items()}
 
 
+def _nest(p):
+  """Flat test params -> MoeMlp's tree: every weight but the router is a Projection kernel."""
+  return {key: w if key == "router_kernel" else {"kernel": w} for key, w in p.items()}
+
+
+def _flat(tree):
+  return {key: w if key == "router_kernel" else w["kernel"] for key, w in tree.items()}
+
+
 def _x(b=4, l=8, seed=1):
   return jnp.asarray(np.random.default_rng(seed).normal(size=(b, l, D)), jnp.float32)
 
@@ -124,7 +133,7 @@ def _np_moe(x_BLD, params, config, keep_TK=None):
 
 
 def _apply(config, path, params, x):
-  return jax.jit(_layer(config, path).apply)({"params": params}, x)
+  return jax.jit(_layer(config, path).apply)({"params": _nest(params)}, x)
 
 
 # ---- numerical checks ----
@@ -159,7 +168,7 @@ def test_equal_experts_other_activations(activation):
   np.testing.assert_allclose(np.asarray(y).reshape(-1, D), want, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("weighting,path", [("softmax_topk", "ragged"), ("renorm", "capacity")])
+@pytest.mark.parametrize("weighting,path", [("softmax_topk", "ragged"), ("topk_probs", "capacity")])
 def test_top_k_equals_all_experts_is_weighted_sum(weighting, path):
   config = _config(path, experts_per_token=4, router_weighting=weighting)
   params = _params(config, seed=3)
@@ -229,7 +238,7 @@ def _loss_fn(config, path):
   layer = _layer(config, path)
 
   def loss(params, x):
-    y, aux = layer.apply({"params": params}, x)
+    y, aux = layer.apply({"params": _nest(params)}, x)
     r = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
     return jnp.sum(y * r) + aux["load_balance_loss"] + aux["router_z_loss"], (y, aux)
   return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
@@ -263,7 +272,7 @@ def test_router_gets_gradient_from_task_loss(k):
   params = _params(config, seed=11)
 
   def task_loss(params):
-    y, _ = layer.apply({"params": params}, _x(seed=12))
+    y, _ = layer.apply({"params": _nest(params)}, _x(seed=12))
     return jnp.sum(jnp.sin(y))
   g = jax.jit(jax.grad(task_loss))(params)["router_kernel"]
   assert float(jnp.max(jnp.abs(g))) > 1e-3
@@ -276,16 +285,16 @@ def test_aux_losses():
   x = _x(seed=14)
   # Uniform router probabilities -> load balance loss exactly 1.
   uniform = dict(params, router_kernel=jnp.zeros((D, 4)))
-  _, aux = layer({"params": uniform}, x)
+  _, aux = layer({"params": _nest(uniform)}, x)
   assert float(aux["load_balance_loss"]) == pytest.approx(1.0, abs=1e-6)
   np.testing.assert_allclose(float(aux["router_z_loss"]), np.log(4) ** 2, rtol=1e-6)
   # Every token to expert 0 with probability ~1 -> E; per-expert loads [T,0,0,0] -> cv sqrt(3).
   collapsed = dict(params, router_kernel=jnp.zeros((D, 4)).at[:, 0].set(10.0))
-  _, aux = layer({"params": collapsed}, jnp.abs(x) + 0.1)
+  _, aux = layer({"params": _nest(collapsed)}, jnp.abs(x) + 0.1)
   assert float(aux["load_balance_loss"]) == pytest.approx(4.0, rel=1e-6)
   assert float(aux["expert_load_cv"]) == pytest.approx(np.sqrt(3), rel=1e-6)
   # Random routing: every aux value against its numpy formula.
-  _, aux = layer({"params": params}, x)
+  _, aux = layer({"params": _nest(params)}, x)
   x64 = np.asarray(x, np.float64).reshape(-1, D)
   logits, probs, idx, _ = _np_route(x64, params, 1, "softmax_topk")
   lse = np.log(np.exp(logits).sum(-1))
@@ -304,8 +313,11 @@ def test_router_weightings():
   np.testing.assert_allclose(np.asarray(r.weight_TK), _np_softmax(np.array([[2.0, 1.0]])),
                              rtol=1e-6)
   p = _np_softmax(np.asarray(logits_TE, np.float64))
-  r = moe_router.route(logits_TE, 2, "renorm")
+  # The renormalised selected probabilities are the same function as softmax_topk.
   np.testing.assert_allclose(np.asarray(r.weight_TK), p[:, :2] / p[:, :2].sum(), rtol=1e-6)
+  r = moe_router.route(logits_TE, 2, "topk_probs")
+  np.testing.assert_allclose(np.asarray(r.weight_TK), p[:, :2], rtol=1e-6)
+  assert float(np.asarray(r.weight_TK).sum()) < 0.99
   r = moe_router.route(logits_TE, 1, "softmax_topk")
   np.testing.assert_allclose(np.asarray(r.weight_TK), p[:, :1], rtol=1e-6)
   with pytest.raises(ValueError, match="router weighting"):
@@ -334,7 +346,7 @@ MESHES = {"expert4_data2": {"expert": 4, "data": 2},
 def _sharded_run(config, path, params, x, mesh_shape, set_mesh=False):
   mesh = sharding.make_mesh(mesh_shape)
   boxed = jax.eval_shape(_layer(config, path).init, jax.random.key(0), x)["params"]
-  shardings = sharding.tree_shardings(boxed, mesh)
+  shardings = _flat(sharding.tree_shardings(boxed, mesh))
   params = jax.device_put(params, shardings)
   x = jax.device_put(x, sharding.batch_sharding(mesh, 3))
   context = jax.set_mesh(mesh) if set_mesh else sharding.use_mesh(mesh)
@@ -371,8 +383,8 @@ def test_expert_parallel_drops_per_device_group():
   mesh = sharding.make_mesh({"expert": 4, "data": 2})
   with sharding.use_mesh(mesh):
     y, aux = jax.jit(_layer(config, "capacity").apply)(
-        {"params": params}, jax.device_put(x, sharding.batch_sharding(mesh, 3)))
-  pieces = [apply({"params": params}, x[i:i + 1]) for i in range(8)]
+        {"params": _nest(params)}, jax.device_put(x, sharding.batch_sharding(mesh, 3)))
+  pieces = [apply({"params": _nest(params)}, x[i:i + 1]) for i in range(8)]
   np.testing.assert_allclose(np.asarray(y), np.concatenate([np.asarray(p[0]) for p in pieces]),
                              rtol=1e-4, atol=1e-5)
   drop = np.mean([float(p[1]["drop_fraction"]) for p in pieces])
@@ -395,7 +407,7 @@ def test_bad_dropless_impl_and_dense_config():
 
 def test_params_carry_logical_names():
   config = _config("capacity", n_shared_experts=1)
-  boxed = jax.eval_shape(_layer(config).init, jax.random.key(0), _x())["params"]
+  boxed = _flat(jax.eval_shape(_layer(config).init, jax.random.key(0), _x())["params"])
   names = {key: v.names for key, v in boxed.items() if isinstance(v, nn.LogicallyPartitioned)}
   assert names == {
       "router_kernel": ("embed", None),

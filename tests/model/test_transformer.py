@@ -1,4 +1,5 @@
-"""Transformer: every option runs, causality, scan == loop, remat, KV-cache decode, sharding."""
+"""Transformer: every option runs, causality, scan == loop, remat, KV-cache decode, packed
+rows, prompt-tuning inputs, sharding."""
 
 import dataclasses
 import functools
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 
 from model import sharding
-from model.attention import cache_logical_axes, init_cache
+from model.attention import Mask, cache_logical_axes, init_cache
 from model.config import ModelConfig
 from model.layers import Embed
+from model.peft import PeftConfig
 from model.transformer import (Transformer, count_params, stack_layer_params,
                                unstack_layer_params)
 
@@ -213,6 +215,93 @@ def test_bad_inputs_raise_clear_errors():
     init(tokens, cache=init_cache(dataclasses.replace(c, n_layers=3), 1, 8))
   with pytest.raises(ValueError, match="capacity"):
     init(tokens, cache=init_cache(c, 1, 4))
+
+
+# Row 0: examples of 5 and 7 tokens, then 4 padding tokens; row 1: 9, 3 and 4 tokens.
+PACKED_SEGMENTS = np.array([[1] * 5 + [2] * 7 + [0] * 4, [1] * 9 + [2] * 3 + [3] * 4], np.int32)
+
+
+def _with_embed_delta(delta_BLD):
+  """An interceptor adding delta to the token embeddings (a float input to differentiate)."""
+  def add_delta(next_fun, args, kwargs, context):
+    y = next_fun(*args, **kwargs)
+    if isinstance(context.module, Embed) and context.method_name == "__call__":
+      y = y + delta_BLD
+    return y
+  return nn.intercept_methods(add_delta)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(pos_encoding="rope"),
+    dict(pos_encoding="learned", norm_position="post", scan_layers=False, activation="gelu"),
+])
+def test_packed_rows_equal_examples_alone(overrides):
+  """Each example of a packed row gets the logits it gets alone (positions restart)."""
+  c = dataclasses.replace(BASE, **overrides)
+  tokens = np.asarray(_tokens(2, 16, seed=5))
+  variables = _init(c, jnp.asarray(tokens))
+  packed, _ = _jit(lambda v, t, m: Transformer(c).apply(v, t, mask=m))(
+      variables, tokens, Mask.packed(PACKED_SEGMENTS))
+  examples = [(b, np.flatnonzero(PACKED_SEGMENTS[b] == s)) for b in range(2)
+              for s in range(1, 4) if (PACKED_SEGMENTS[b] == s).any()]
+  alone_tokens = np.zeros((len(examples), 16), np.int32)  # right padding: invisible (causal)
+  for row, (b, idx) in enumerate(examples):
+    alone_tokens[row, :len(idx)] = tokens[b, idx]
+  alone, _ = _jit(Transformer(c).apply)(variables, alone_tokens)
+  for row, (b, idx) in enumerate(examples):
+    np.testing.assert_allclose(packed[b, idx], alone[row, :len(idx)], atol=1e-5, rtol=1e-5)
+  assert np.isfinite(np.asarray(packed)).all()
+
+
+def test_packed_segments_do_not_see_each_other_gradient():
+  """d(loss on example 2) / d(embeddings of example 1) is exactly zero, nonzero within 2."""
+  tokens = _tokens(2, 16, seed=6)
+  variables = _init(BASE, tokens)
+  mask = Mask.packed(PACKED_SEGMENTS)
+
+  def loss_on_example_2(delta_BLD):
+    with _with_embed_delta(delta_BLD):
+      logits, _ = Transformer(BASE).apply(variables, tokens, mask=mask)
+    return jnp.sum(jnp.where(PACKED_SEGMENTS[..., None] == 2, logits, 0.0) ** 2)
+
+  g = np.abs(np.asarray(_jit(jax.grad(loss_on_example_2))(jnp.zeros((2, 16, BASE.d_model)))))
+  g = g.sum(-1)
+  assert np.all(g[PACKED_SEGMENTS != 2] == 0.0)
+  assert np.all(g[PACKED_SEGMENTS == 2] > 0)
+
+
+def test_prompt_tuning_input_errors():
+  c = BASE
+  peft = PeftConfig(method="prompt_tuning", prompt_length=3)
+  tokens = _tokens(2, 16)
+  init = lambda **kw: jax.eval_shape(
+      lambda: Transformer(c, peft).init(jax.random.PRNGKey(0), tokens, **kw))
+  with pytest.raises(ValueError, match="data.pack=false"):
+    init(mask=Mask.packed(PACKED_SEGMENTS))
+  with pytest.raises(ValueError, match="prepend_prompt"):
+    init(cache=init_cache(c, 2, 32))
+  with pytest.raises(ValueError, match="capacity"):
+    init(cache=init_cache(c, 2, 18), prepend_prompt=True)
+  learned = dataclasses.replace(c, pos_encoding="learned", max_len=18)
+  with pytest.raises(ValueError, match="soft prompt 3 exceeds model.max_len"):
+    jax.eval_shape(lambda: Transformer(learned, peft).init(jax.random.PRNGKey(0), tokens))
+
+
+def test_prefix_lm_cached_prefill_matches_full_forward():
+  """A prefix-LM prefill through the cache, then causal decode steps, equal the full pass."""
+  model = Transformer(BASE)
+  tokens = _tokens(2, 10, seed=7)
+  variables = _init(BASE, tokens)
+  mask = Mask.prefix(jnp.array([4, 6], jnp.int32))
+  full, _ = _jit(lambda v, t, m: model.apply(v, t, mask=m))(variables, tokens, mask)
+  step = _jit(lambda v, t, k, m: model.apply(v, t, cache=k, mask=m))
+  logits, _, cache = step(variables, tokens[:, :6], init_cache(BASE, 2, 12), mask)
+  np.testing.assert_allclose(logits, full[:, :6], atol=1e-5, rtol=1e-5)
+  for t in range(6, 10):
+    logits, _, cache = step(variables, tokens[:, t:t + 1], cache, mask)
+    np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+  causal, _ = _jit(model.apply)(variables, tokens)
+  assert np.abs(np.asarray(causal[:, :5]) - np.asarray(full[:, :5])).max() > 1e-3
 
 
 SHARDED = dataclasses.replace(BASE, vocab_size=128)

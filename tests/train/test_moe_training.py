@@ -40,7 +40,7 @@ def test_moe_trains_with_expert_parallelism_resumes_and_decodes(tmp_path):
   assert all(0.0 <= r["moe_drop_fraction"] <= 1.0 for r in moe_records)
 
   loaded = load_model(workdir, mesh_config=MeshConfig(data=-1, expert=2))
-  decoder = Decoder(loaded.config.model, loaded.mesh)
+  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft)
   prompt = loaded.tokenizer.encode("def f1(x):")
   out = decoder.generate(loaded.params, [prompt], 6, sampling.make_sampling_params(1, "greedy"))
   assert len(out.tokens[0]) == 6

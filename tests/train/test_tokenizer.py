@@ -1,4 +1,4 @@
-"""Tests for train/tokenizer.py: byte and sentencepiece tokenizers, save/load, caching."""
+"""Tests for model/tokenizer.py and train/tokenizer.py: byte and sentencepiece tokenizers, save/load, caching."""
 
 import os
 import sysconfig
@@ -6,7 +6,8 @@ import sysconfig
 import pytest
 
 from train import corpus as corpus_lib
-from train import tokenizer as tokenizer_lib
+from model import tokenizer as tokenizer_lib
+from train.tokenizer import get_tokenizer
 from train.config import DataConfig
 
 PYTHON_SOURCE = (
@@ -111,7 +112,7 @@ def test_get_tokenizer_caches(tmp_path, monkeypatch, docs):
   corpus = corpus_lib.Corpus(docs, "five", corpus_lib._fingerprint(("", d) for d in docs),
                              len(docs), sum(map(len, docs)))
   cfg = DataConfig(sp_vocab_size=512, cache_dir=str(tmp_path))
-  first = tokenizer_lib.get_tokenizer(cfg, corpus)
+  first = get_tokenizer(cfg, corpus)
   assert first.describe()["corpus_fingerprint"] == corpus.fingerprint
   (entry,) = os.listdir(tmp_path / "tokenizers")
   files = sorted(os.listdir(tmp_path / "tokenizers" / entry))
@@ -120,17 +121,17 @@ def test_get_tokenizer_caches(tmp_path, monkeypatch, docs):
   def no_training(*args, **kwargs):
     raise AssertionError("retrained despite a cached tokenizer")
   monkeypatch.setattr(tokenizer_lib.SentencePieceTokenizer, "train", no_training)
-  cached = tokenizer_lib.get_tokenizer(cfg, corpus)
+  cached = get_tokenizer(cfg, corpus)
   assert cached.fingerprint == first.fingerprint
   assert cached.encode(PYTHON_SOURCE) == first.encode(PYTHON_SOURCE)
   monkeypatch.undo()
   other_cfg = DataConfig(sp_vocab_size=500, cache_dir=str(tmp_path))
-  other = tokenizer_lib.get_tokenizer(other_cfg, corpus)
+  other = get_tokenizer(other_cfg, corpus)
   assert other.vocab_size == 500 and len(os.listdir(tmp_path / "tokenizers")) == 2
-  assert isinstance(tokenizer_lib.get_tokenizer(DataConfig(tokenizer="byte"), corpus),
+  assert isinstance(get_tokenizer(DataConfig(tokenizer="byte"), corpus),
                     tokenizer_lib.ByteTokenizer)
   with pytest.raises(ValueError, match="tokenizer"):
-    tokenizer_lib.get_tokenizer(DataConfig(tokenizer="wordpiece"), corpus)
+    get_tokenizer(DataConfig(tokenizer="wordpiece"), corpus)
 
 
 def test_vocab_too_large_names_fix():

@@ -1,0 +1,1 @@
+"""Fine-tuning data: embedded instruction tasks, SFT jsonl rows, packing and batching."""

@@ -1,0 +1,50 @@
+"""Pieces every objective shares: running the model on a batch, token cross-entropy."""
+
+import jax
+import jax.numpy as jnp
+
+from model.attention import Mask
+from model.peft import combine
+
+
+def model_params(params, frozen):
+  """The full parameter tree: trainable leaves and the frozen rest of the model."""
+  frozen_model = frozen.get("model") if frozen else None
+  return combine(params, frozen_model) if frozen_model else params
+
+
+def forward(model, params, frozen, batch, rng, train: bool):
+  """Logits and MoE aux of the model on batch["inputs"] (packed rows use segment ids).
+
+  Prompt tuning runs unpacked rows (one example each, padding at the end), where the
+  causal mask alone is exact; the model places the soft prompt and the positions.
+  """
+  segment_ids = batch.get("segment_ids")
+  positions = batch.get("positions")
+  if model.peft.method == "prompt_tuning":
+    segment_ids = positions = None
+  mask = Mask.packed(segment_ids) if segment_ids is not None else None
+  use_dropout = train and model.peft.dropout > 0
+  return model.apply({"params": model_params(params, frozen)}, batch["inputs"],
+                     positions_BL=positions, mask=mask,
+                     deterministic=not use_dropout,
+                     rngs={"dropout": rng} if use_dropout else None)
+
+
+def token_cross_entropy(logits_BLV, targets_BL):
+  """Per-token float32 cross-entropy and whether the argmax is the target."""
+  logits_BLV = logits_BLV.astype(jnp.float32)
+  log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
+  target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
+  correct_BL = jnp.argmax(logits_BLV, axis=-1) == targets_BL
+  return log_z_BL - target_logit_BL, correct_BL
+
+
+def moe_aux_sums(model_config, aux, weight_sum):
+  """MoE auxiliary losses scaled by the batch weight, so dividing by the total weight
+  gives their weight-averaged value, and their metric sums."""
+  if not aux:
+    return 0.0, {}
+  loss = (model_config.load_balance_weight * aux["load_balance_loss"]
+          + model_config.router_z_loss_weight * aux["router_z_loss"])
+  return loss * weight_sum, {f"moe_{k}": v * weight_sum for k, v in aux.items()}

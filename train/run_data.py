@@ -1,0 +1,47 @@
+"""The data a run trains on, by `data.kind`: a text corpus, or fine-tuning examples.
+
+Returns a RunData whatever the kind, so the loop has one path. With --init_from the
+tokenizer is the base run's (its ids are what the base's embeddings mean).
+"""
+
+import dataclasses
+from typing import Any
+
+from absl import logging
+
+from model.chat import get_template
+from model.tokenizer import Tokenizer
+from train import corpus as corpus_lib
+from train.config import DataConfig
+from train.dataset import build_datasets
+from train.tokenizer import get_tokenizer
+
+
+@dataclasses.dataclass
+class RunData:
+  tokenizer: Tokenizer
+  train: Any  # .batch(seed, step, batch_size, process_index, process_count)
+  val: Any  # .eval_batches(batch_size, n_batches, ...)
+  info: dict  # written to data.json
+  heldout: list | None = None  # rows with a checkable answer (fine-tuning tasks)
+  template: Any = None  # model.chat.ChatTemplate for fine-tuning data
+
+
+def build_run_data(data_config: DataConfig, tokenizer: Tokenizer | None = None,
+                   seed: int = 0) -> RunData:
+  if data_config.kind == "text":
+    tokenizer, train_ds, val_ds, info = build_datasets(data_config, tokenizer=tokenizer)
+    return RunData(tokenizer, train_ds, val_ds, info)
+  from train.data.sft import build_sft_datasets  # pylint: disable=g-import-not-at-top
+  if tokenizer is None:
+    # No base run: the tokenizer of the embedded pretraining corpus (trained once, cached).
+    corpus_config = dataclasses.replace(data_config, data="", kind="text")
+    logging.info("no --init_from: using the embedded corpus's tokenizer for fine-tuning data")
+    tokenizer = get_tokenizer(corpus_config, corpus_lib.load_corpus(corpus_config))
+  template = get_template(data_config.chat_template)
+  train_ds, val_ds, heldout, info = build_sft_datasets(
+      tokenizer, template, data_config.seq_len, data_path=data_config.data,
+      pack=data_config.pack, n_train_per_task=data_config.sft_train_per_task,
+      n_heldout_per_task=data_config.sft_heldout_per_task, seed=seed)
+  info = dict(info, tokenizer=tokenizer.describe(), chat_template=template.name)
+  return RunData(tokenizer, train_ds, val_ds, info, heldout=heldout, template=template)
