@@ -20,6 +20,8 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "matplotlib>=3.8",
+        "sacrebleu>=2.4",
+        "rouge-score>=0.1.2",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],

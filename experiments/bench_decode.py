@@ -62,6 +62,12 @@ flags.DEFINE_enum("dtype", "", ["", *model_config_lib.DTYPES],
 flags.DEFINE_integer("copy_mbytes", 0, "Size of the bandwidth-reference copy in MiB; 0: 256 on "
                      "CPU, 2048 otherwise.", flag_values=_FLAGS)
 flags.DEFINE_integer("seed", 0, "Parameter and prompt seed.", flag_values=_FLAGS)
+for _name in ('prompt_len', 'gen_tokens', 'copy_mbytes'):  # 0 means the device's default; negative is an error, not a default
+  flags.register_validator(_name, lambda v: v >= 0, message=f"--{_name} must be >= 0 (0: default)",
+                           flag_values=_FLAGS)
+flags.register_validator("warmup", lambda v: v >= 1,
+                         message="--warmup must be >= 1 (the first step compiles)",
+                         flag_values=_FLAGS)
 
 _CPU_DEFAULTS = dict(preset="small", prompt_len=32, gen_tokens=32)
 _ACCELERATOR_DEFAULTS = dict(preset="125m", prompt_len=128, gen_tokens=256)

@@ -61,6 +61,12 @@ flags.DEFINE_string("mesh", "data=-1", "Mesh sizes, e.g. 'data=-1' or 'data=2,fs
 flags.DEFINE_integer("matmul_size", 0, "n of the n^3 reference matmul; 0: 1024 on CPU, 8192 "
                      "otherwise.", flag_values=_FLAGS)
 flags.DEFINE_integer("seed", 0, "Parameter and token seed.", flag_values=_FLAGS)
+for _name in ('batch_size', 'seq_len', 'steps', 'matmul_size'):  # 0 means the device's default; negative is an error, not a default
+  flags.register_validator(_name, lambda v: v >= 0, message=f"--{_name} must be >= 0 (0: default)",
+                           flag_values=_FLAGS)
+flags.register_validator("warmup", lambda v: v >= 1,
+                         message="--warmup must be >= 1 (the first step compiles)",
+                         flag_values=_FLAGS)
 
 _CPU_DEFAULTS = dict(preset="small", batch_size=8, seq_len=128, steps=5)
 _ACCELERATOR_DEFAULTS = dict(preset="125m", batch_size=16, seq_len=1024, steps=20)

@@ -18,6 +18,7 @@ Design conventions (FLOP counting, LR rule, warmup) are in experiments/scaling/s
 """
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -378,8 +379,15 @@ def run_experiment(spec: SweepSpec, workdir: str, *, report_fn=None, shard_index
   report_fn = report_fn or write_chinchilla_report
   print(shapes_lib.describe_plan(runs), flush=True)
   data_info = check_data(spec, runs, allow_repeats)
-  sweep_lib.write_json_atomic(os.path.join(workdir, "plan.json"),
-                              {"spec": repr(spec), "runs": [r.record() for r in runs]})
+  plan = {"spec": repr(spec), "runs": [r.record() for r in runs]}
+  plan_path = os.path.join(workdir, "plan.json")
+  if os.path.exists(plan_path):
+    with open(plan_path) as f:
+      if json.load(f) != json.loads(json.dumps(plan)):
+        raise ValueError(
+            f"{workdir} holds a sweep planned with other settings (its plan.json differs); "
+            "rerun with the same flags to resume it, or pass a new --workdir")
+  sweep_lib.write_json_atomic(plan_path, plan)
   out = {"runs": runs, "status": None, "missing": [], "paths": {}, "estimate": None}
   if not analyze_only:
     if do_estimate or estimate_only:

@@ -39,7 +39,8 @@ METHODS = (
 )
 PRESETS = {
     "cpu": {"base_config": "experiments/quickstart.py", "sft_config": "experiments/sft.py",
-            "steps": 300},
+            "sft_overrides": [("train.task_eval_examples", "40"), ("train.eval_every", "200")],
+            "steps": 800},
     "smoke": {"base_config": "experiments/quickstart.py:tiny",
               "base_overrides": [("model.max_len", "96")],
               "sft_config": "experiments/sft.py:tiny", "steps": 4},
@@ -65,7 +66,7 @@ def _zero_shot(sft_config, base_dir: str) -> dict:
   loaded = load_model(base_dir)
   data = build_run_data(sft_config.data, loaded.tokenizer, seed=sft_config.train.seed)
   rows = task_eval.select_rows(data.heldout, sft_config.train.task_eval_examples)
-  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft)
+  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft, loaded.quant)
   return task_eval.evaluate_tasks(decoder, loaded.params, loaded.tokenizer, data.template,
                                   rows, sft_config.train.task_eval_tokens)
 
@@ -78,12 +79,14 @@ def run_experiment(preset_name: str, workdir: str, steps: int = 0) -> dict:
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   base_dir = _base_run(preset, workdir)
-  base_config = build_config(preset["sft_config"], [("train.init_from", base_dir)])
+  sft_overrides = preset.get("sft_overrides", [])
+  base_config = build_config(preset["sft_config"],
+                             [("train.init_from", base_dir)] + sft_overrides)
   before = _zero_shot(base_config, base_dir)
   logging.info("base %s zero-shot exact match %.3f", base_dir, before["exact_match"])
   rows = []
   for name, overrides in METHODS:
-    pairs = [("train.init_from", base_dir), ("train.steps", str(steps))]
+    pairs = [("train.init_from", base_dir), ("train.steps", str(steps))] + sft_overrides
     pairs += list(overrides.items())
     config = build_config(preset["sft_config"], pairs)
     run_start = time.perf_counter()

@@ -53,14 +53,14 @@ def plot(result: dict, path: str) -> None:
   for i, (name, per_task) in enumerate(series):
     values = [per_task.get(t, 0.0) for t in tasks]
     values.append(float(np.mean(values)) if values else 0.0)
-    ax.bar(x + (i - len(series) / 2 + 0.5) * width, values, width, label=name)
+    ax.bar(x + (i - len(series) / 2 + 0.5) * width, values, width, label=name, color=f"C{i}")
   ax.set_xticks(x, tasks + ["mean"], rotation=20)
   ax.set_ylabel("held-out exact match")
   ax.set_ylim(0, 1)
   ax.legend(fontsize=8, ncol=3)
   ax.set_title("exact match per task, before and after fine-tuning")
-  for row in result["methods"]:
-    ax2.scatter(row["trainable_percent"], row["exact_match"])
+  for i, row in enumerate(result["methods"], start=1):  # colours as in the bars
+    ax2.scatter(row["trainable_percent"], row["exact_match"], color=f"C{i}")
     ax2.annotate(row["method"], (row["trainable_percent"], row["exact_match"]), fontsize=8)
   ax2.set_xscale("log")
   ax2.set_xlabel("trainable parameters (% of model)")

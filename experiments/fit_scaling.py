@@ -46,6 +46,16 @@ def read_runs_csv(path: str) -> list:
     rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
   if not rows:
     raise ValueError(f"{path} has a header but no runs")
+  seen, duplicates = {}, []
+  for line, row in enumerate(rows, start=2):
+    key = tuple(sorted((k, (v or "").strip()) for k, v in row.items()))
+    if key in seen:
+      duplicates.append(f"line {line} repeats line {seen[key]}")
+    seen.setdefault(key, line)
+  if duplicates:
+    raise ValueError(f"{path} has {len(duplicates)} duplicated run(s) ({'; '.join(duplicates[:5])}"
+                     f"{'; ...' if len(duplicates) > 5 else ''}): a repeated run would count "
+                     "twice and narrow the bootstrap intervals falsely; remove the repeats")
   return rows
 
 

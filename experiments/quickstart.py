@@ -58,7 +58,7 @@ def _main(argv):
   config = apply_overrides(get_config(), _OVERRIDES)
   summary = train(config, workdir)
   loaded = load_model(workdir)
-  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft)
+  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft, loaded.quant)
   tokenizer = loaded.tokenizer
   prompt_ids = [tokenizer.encode(p) for p in _PROMPTS[:max(1, config.train.samples)]]
   print("=" * 72)

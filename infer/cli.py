@@ -5,6 +5,7 @@
 status 1, while an unanticipated exception keeps its traceback.
 """
 
+import errno
 import logging as std_logging
 import sys
 from typing import Callable
@@ -29,6 +30,28 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_LibraryFilter())
 
 
+# File-system failures a user can act on, with the fix to name.
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space (or point --workdir / JAXLM_CACHE elsewhere) and rerun: "
+                  "the run resumes from its last checkpoint",
+    errno.EDQUOT: "free space within your quota and rerun",
+    errno.EACCES: "make it writable, or choose another --workdir / JAXLM_CACHE",
+    errno.EPERM: "make it writable, or choose another --workdir / JAXLM_CACHE",
+    errno.EROFS: "the file system is read-only: choose another --workdir / JAXLM_CACHE",
+    errno.ENOTDIR: "a path component is a file, not a folder: choose another path",
+    errno.EEXIST: "something is already there: remove it or choose another path",
+}
+
+
+def os_error_message(error: OSError) -> str | None:
+  """One line naming the path and the fix, or None for an unanticipated OSError."""
+  fix = _OS_FIXES.get(error.errno)
+  if fix is None:
+    return None
+  path = error.filename or "a file"
+  return f"{error.strerror or error} ({path}); {fix}"
+
+
 def run_cli(name: str, body: Callable[[], object], extra_errors: tuple = ()):
   """Runs `body()` under the shared logging setup and user-error handling."""
   quiet_library_logs()
@@ -36,3 +59,8 @@ def run_cli(name: str, body: Callable[[], object], extra_errors: tuple = ()):
     return body()
   except USER_ERRORS + tuple(extra_errors) as e:
     sys.exit(f"{name}: error: {e}")
+  except OSError as e:
+    message = os_error_message(e)
+    if message is None:
+      raise  # unanticipated: keep the traceback, do not hide bugs
+    sys.exit(f"{name}: error: {message}")

@@ -25,6 +25,7 @@ from model import sharding
 from model.attention import cache_logical_axes, init_cache
 from model.config import ModelConfig
 from model.peft import PeftConfig
+from model.quant import QuantConfig
 from model.transformer import Transformer
 
 MIN_BUCKET = 16
@@ -55,12 +56,12 @@ class Decoder:
   """Prefill / decode programs for one model config on one mesh."""
 
   def __init__(self, config: ModelConfig, mesh: jax.sharding.Mesh,
-               peft: PeftConfig = PeftConfig()):
+               peft: PeftConfig = PeftConfig(), quant: QuantConfig = QuantConfig()):
     self.config = config
     self.mesh = mesh
     self.peft = peft
     self.n_prompt = peft.n_prompt  # soft-prompt slots at the front of every cache row
-    self.model = Transformer(config, peft)
+    self.model = Transformer(config, peft, quant)  # quant: int8 / int4 params decode as such
     self.trace_count = 0  # incremented on every (re)trace; tests check it stays put
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("capacity",))
     self._decode_step = jax.jit(self._decode_step_fn, donate_argnums=(1,))
@@ -131,6 +132,8 @@ class Decoder:
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     bucket = bucket_length(max(lengths), limit - n_prompt)
+    # Rows may generate past the longest prompt's room (each up to its own), so the cache
+    # can need the whole context; positions past a row's cap are never read.
     capacity = bucket_length(n_prompt + bucket + max_new_tokens, limit)
     tokens_BL = np.zeros((len(prompts), bucket), np.int32)
     for row, prompt in enumerate(prompts):
@@ -150,7 +153,13 @@ class Decoder:
 
     Generation ends when every row has finished (checked every few steps).
     """
-    max_new_tokens = self.max_new_tokens_for(prompts, max_new_tokens)
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    # Each row gets what it asked for, up to its own room in the context: a short prompt
+    # batched with a long one is not cut to the long one's room.
+    caps = [max(1, min(max_new_tokens, self.config.max_len - self.n_prompt - len(p)))
+            for p in prompts]
+    max_new_tokens = max(caps)
     batch = len(prompts)
     start = time.perf_counter()
     logits_BV, cache = self.prefill(params, prompts, max_new_tokens)
@@ -166,7 +175,7 @@ class Decoder:
     reasons = [None] * batch
     for t in range(1, max_new_tokens + 1):
       if len(pending) == _STOP_CHECK_EVERY or t == max_new_tokens:
-        self._collect(pending, out_tokens, out_logprobs, reasons, eos_id, stop_fn)
+        self._collect(pending, out_tokens, out_logprobs, reasons, eos_id, stop_fn, caps)
         pending = []
         if all(r is not None for r in reasons) or t == max_new_tokens:
           break
@@ -180,7 +189,7 @@ class Decoder:
                       decode_seconds=time.perf_counter() - start, decode_steps=steps)
 
   @staticmethod
-  def _collect(pending, out_tokens, out_logprobs, reasons, eos_id, stop_fn):
+  def _collect(pending, out_tokens, out_logprobs, reasons, eos_id, stop_fn, caps):
     for tokens_B, logprobs_B in jax.device_get(pending):
       for row, (token, logprob) in enumerate(zip(tokens_B.tolist(), logprobs_B.tolist())):
         if reasons[row] is not None:
@@ -191,23 +200,27 @@ class Decoder:
           reasons[row] = "eos"
         elif stop_fn is not None and stop_fn(row, out_tokens[row]):
           reasons[row] = "stop"
+        elif len(out_tokens[row]) >= caps[row]:
+          reasons[row] = "length"
 
   def beam_search(self, params, prompts, max_new_tokens: int, num_beams: int,
                   length_penalty: float = 1.0, eos_id: int | None = None) -> Generation:
     """Beam search; returns the best hypothesis per prompt and its length-penalised score."""
     max_new_tokens = self.max_new_tokens_for(prompts, max_new_tokens)
     logits_BV, cache = self.prefill(params, prompts, max_new_tokens)
-    key = (num_beams, max_new_tokens, eos_id, float(length_penalty))
+    # The length penalty is traced like the sampling knobs: a new value does not recompile.
+    key = (num_beams, max_new_tokens, eos_id)
     if key not in self._beam_programs:
-      def run(params, cache, logits_BV):
+      def run(params, cache, logits_BV, penalty):
         self.trace_count += 1
         return beam_search(
             functools.partial(self._logits_step_fn, params), cache, logits_BV,
             num_beams=num_beams, max_new_tokens=max_new_tokens, eos_id=eos_id,
-            length_penalty=length_penalty, batch_axis={"k": 1, "v": 1, "lengths": 0})
+            length_penalty=penalty, batch_axis={"k": 1, "v": 1, "lengths": 0})
       self._beam_programs[key] = jax.jit(run)
     with sharding.use_mesh(self.mesh):
-      out = jax.device_get(self._beam_programs[key](params, cache, logits_BV))
+      out = jax.device_get(self._beam_programs[key](
+          params, cache, logits_BV, jnp.float32(length_penalty)))
     tokens, logprobs, reasons, scores = [], [], [], []
     for row in range(len(prompts)):
       length = int(out.lengths[row, 0])

@@ -10,7 +10,6 @@ with --init_from.
 
 import dataclasses
 import os
-import shutil
 import time
 
 from absl import app, flags, logging
@@ -43,31 +42,19 @@ def export(path: str, out: str, merge_lora: bool) -> dict:
       raise ValueError(f"--merge_lora needs a LoRA run, but {loaded.workdir} is "
                        f"peft.method={peft.method!r}; adapters and soft prompts have no "
                        "plain-weight equivalent (export without --merge_lora)")
+    if loaded.quant.stored:  # QLoRA: the merged model is float (base dequantized first)
+      from infer.loading import abstract_params  # pylint: disable=g-import-not-at-top
+      from model import quant  # pylint: disable=g-import-not-at-top
+      params = quant.dequantize_params(params, quant.kernel_shapes(abstract_params(
+          loaded.model_config, peft, loaded.mesh)))
     params = peft_lib.merge_lora(params, peft, loaded.model_config)
     peft = PeftConfig()
   elif peft.method == "lora":
     logging.warning("exporting LoRA factors unmerged; pass --merge_lora for a plain model")
   sections = dict(run.sections)
   sections["peft"] = dataclasses.asdict(peft)
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  tmp = out.rstrip("/") + f".tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    os.makedirs(tmp)
-    store.write_run_config(tmp, sections)
-    for name in (store.DATA_FILE, store.CHAT_TEMPLATE_FILE):
-      if os.path.exists(os.path.join(loaded.workdir, name)):
-        shutil.copy2(os.path.join(loaded.workdir, name), os.path.join(tmp, name))
-    shutil.copytree(os.path.join(loaded.workdir, store.TOKENIZER_DIR),
-                    os.path.join(tmp, store.TOKENIZER_DIR))
-    manager = store.checkpoint_manager(tmp, async_save=False)
-    store.save_checkpoint(manager, loaded.step, params, force=True)
-    manager.wait_until_finished()
-    manager.close()
-    os.replace(tmp, out)  # the export appears whole or not at all
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  from infer.run_writer import write_params_run  # pylint: disable=g-import-not-at-top
+  write_params_run(loaded.workdir, out, sections, loaded.step, params)
   n_params = sum(int(x.size) for x in jax.tree.leaves(params))
   summary = {"out": out, "step": loaded.step, "params": n_params, "merged": merge_lora,
              "seconds": round(time.perf_counter() - start, 2)}

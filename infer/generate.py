@@ -28,6 +28,8 @@ flags.DEFINE_integer("num_beams", 4, "Beams for --sampler=beam.")
 flags.DEFINE_float("length_penalty", 1.0, "Beam score = logprob / length**length_penalty.")
 flags.DEFINE_integer("num_samples", 4, "N for --sampler=best_of_n.")
 flags.DEFINE_integer("n", None, "Alias of --num_samples.")
+flags.DEFINE_string("scorer", None, "best_of_n: a reward-model run directory whose reward "
+                    "picks the best sample (default: the policy's mean log-prob).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_multi_string("stop", [], "Stop string(s); the text is cut before them.")
 flags.DEFINE_bool("ignore_eos", False, "Keep generating after the end-of-sequence token.")
@@ -58,6 +60,26 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
   return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def validate_flags() -> None:
+  """Numeric options checked at the boundary: a bad value is an error, never a silent
+  default (a NaN top-p or a zero sample count used to decode something anyway)."""
+  import math  # pylint: disable=g-import-not-at-top
+  checks = [
+      ("max_new_tokens", FLAGS.max_new_tokens >= 1, "an integer >= 1"),
+      ("temperature", math.isfinite(FLAGS.temperature) and FLAGS.temperature >= 0,
+       "a finite number >= 0"),
+      ("top_k", FLAGS.top_k >= 0, "an integer >= 0 (0 = off)"),
+      ("top_p", math.isfinite(FLAGS.top_p) and 0 < FLAGS.top_p <= 1, "a number in (0, 1]"),
+      ("num_beams", FLAGS.num_beams >= 1, "an integer >= 1"),
+      ("length_penalty", math.isfinite(FLAGS.length_penalty), "a finite number"),
+      ("num_samples", FLAGS.num_samples >= 1, "an integer >= 1"),
+      ("n", FLAGS.n is None or FLAGS.n >= 1, "an integer >= 1"),
+  ]
+  for name, ok, want in checks:
+    if not ok:
+      raise ValueError(f"--{name}={getattr(FLAGS, name)} must be {want}")
+
+
 def run() -> list[dict]:
   from infer import sampling
   from infer.decode import Decoder
@@ -68,6 +90,7 @@ def run() -> list[dict]:
   path = FLAGS.checkpoint or FLAGS.workdir
   if not path:
     raise ValueError("give --workdir=RUN_DIR or --checkpoint=RUN_DIR/checkpoints/STEP")
+  validate_flags()
   prompts = read_prompts()
   loaded = load_model(path, mesh_config=parse_mesh(FLAGS.mesh), dtype=FLAGS.dtype)
   tokenizer = loaded.tokenizer
@@ -81,7 +104,7 @@ def run() -> list[dict]:
       raise ValueError(f"prompt {text!r} encodes to no tokens")
   if template:
     logging.info("prompts wrapped in the run's chat template %r (--raw to skip)", template.name)
-  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft)
+  decoder = Decoder(loaded.model_config, loaded.mesh, loaded.peft, loaded.quant)
   eos_id = None if FLAGS.ignore_eos else tokenizer.eos_id
   stops = list(FLAGS.stop)
   if template and template.stop_text:
@@ -91,6 +114,8 @@ def run() -> list[dict]:
     return bool(stops) and cut_at_stop(tokenizer.decode(tokens), stops)[1]
 
   sampler = FLAGS.sampler
+  if FLAGS.scorer and sampler != "best_of_n":
+    raise ValueError("--scorer picks among samples: use it with --sampler=best_of_n --n=N")
   batch = len(prompt_ids)
   if FLAGS.preset:
     params_sampling = sampling.params_from_preset(batch, FLAGS.preset)
@@ -108,8 +133,12 @@ def run() -> list[dict]:
                                  FLAGS.num_beams, FLAGS.length_penalty, eos_id)
   elif sampler == "best_of_n":
     n = FLAGS.n or FLAGS.num_samples
+    scorer = None
+    if FLAGS.scorer:
+      from infer.reward import RewardScorer
+      scorer = RewardScorer(FLAGS.scorer, mesh=loaded.mesh).best_of_n_scorer(tokenizer, template)
     result = decoder.best_of_n(loaded.params, prompt_ids, FLAGS.max_new_tokens,
-                               params_sampling, n, FLAGS.seed, eos_id)
+                               params_sampling, n, FLAGS.seed, eos_id, scorer=scorer)
   else:
     result = decoder.generate(loaded.params, prompt_ids, FLAGS.max_new_tokens, params_sampling,
                               FLAGS.seed, eos_id, stop_fn if stops else None)

@@ -1,7 +1,8 @@
 """The one loader every entry point uses: run dir -> model config, tokenizer, parameters.
 
-It reads config.json's model and peft sections, the tokenizer, the chat template when the
-run has one, and the `params` item of a checkpoint: never the optimizer state.
+It reads config.json's model, peft and quant sections, the tokenizer, the chat template
+when the run has one, and the `params` item of a checkpoint: never the optimizer state.
+A quantized run (infer/quantize.py, QLoRA) restores its int8 / packed int4 leaves as such.
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ from model.chat import ChatTemplate
 from model.config import ModelConfig
 from model.mesh import MeshConfig
 from model.peft import PeftConfig
+from model.quant import QuantConfig
 from model.tokenizer import Tokenizer, load_tokenizer
 from model.transformer import Transformer
 
@@ -33,11 +35,13 @@ class LoadedModel:
   step: int
   bytes_read: int = 0
   chat_template: ChatTemplate | None = None
+  quant: QuantConfig = QuantConfig()
 
 
-def abstract_params(model_config: ModelConfig, peft: PeftConfig, mesh):
+def abstract_params(model_config: ModelConfig, peft: PeftConfig, mesh,
+                    quant: QuantConfig = QuantConfig()):
   """Shapes, dtypes and shardings of the model's parameters on `mesh` (nothing allocated)."""
-  model = Transformer(model_config, peft)
+  model = Transformer(model_config, peft, quant)
   with sharding.use_mesh(mesh):
     boxed = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"],
                            jax.random.key(0))
@@ -64,14 +68,15 @@ def load_model(path: str, step: int | None = None, mesh_config: MeshConfig | Non
   if dtype:
     model_config = dataclasses.replace(model_config, dtype=dtype)
   peft = run.peft_config()
+  quant = run.quant_config()
   mesh = sharding.make_mesh((mesh_config or MeshConfig()).as_dict())
   tokenizer = load_tokenizer(os.path.join(workdir, store.TOKENIZER_DIR))
   template_dict = store.read_chat_template_dict(workdir)
   template = ChatTemplate.from_dict(template_dict) if template_dict else None
   params, step, n_bytes = store.restore_params(
-      workdir, abstract_params(model_config, peft, mesh), step, version=run.version)
+      workdir, abstract_params(model_config, peft, mesh, quant), step, version=run.version)
   logging.info("loaded %s step %d onto mesh %s: %.2f MB of parameters read (no optimizer "
                "state)", workdir, step, dict(mesh.shape), n_bytes / 1e6)
   return LoadedModel(model_config=model_config, peft=peft, tokenizer=tokenizer, params=params,
                      mesh=mesh, workdir=workdir, step=step, bytes_read=n_bytes,
-                     chat_template=template)
+                     chat_template=template, quant=quant)

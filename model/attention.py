@@ -24,6 +24,7 @@ from model import sharding
 from model.config import ModelConfig, compute_dtype
 from model.layers import Projection, apply_rope, out_proj_std
 from model.peft import PeftConfig
+from model.quant import QuantConfig
 
 MASK_KINDS = ("causal", "bidirectional", "prefix")
 
@@ -179,6 +180,7 @@ class Attention(nn.Module):
   """
   config: ModelConfig
   peft: PeftConfig = PeftConfig()
+  quant: QuantConfig = QuantConfig()
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, kv_cache=None, mask: Mask | None = None,
@@ -190,7 +192,7 @@ class Attention(nn.Module):
 
     def proj(name, shape, names, n_contract, std):
       return Projection(c, self.peft, shape, names, n_contract, std, f"attn.{name}",
-                        name=name)
+                        quant=self.quant, name=name)
 
     q_BLNH = proj("query", (d, n, h), ("embed", "heads", "head_dim"), 1, c.init_std)(
         x_BLD, deterministic)

@@ -2,7 +2,8 @@
 
 Parameters are float32 and carry logical axis names (model/sharding.py); compute runs
 in `compute_dtype(config)`, while norms and logits are computed in float32. Every dense
-projection is a `Projection`, the one place where LoRA (and later quantization) plugs in.
+projection is a `Projection`, the one place where LoRA and quantization (model/quant.py)
+plug in.
 """
 
 import math
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from model import sharding
 from model.config import ModelConfig, compute_dtype
 from model.peft import PeftConfig, lora_delta
+from model.quant import QuantConfig, dequantize, fake_quant, quantized_shapes
 
 
 def param_init(std: float, names: tuple):
@@ -83,6 +85,9 @@ class Projection(nn.Module):
   1/sqrt(fan_in)) and lora_b [lead, R, out] (zeros), so a fresh LoRA model equals the
   base. `__call__` adds (alpha/R) (x A) B without forming kernel + AB, so no gradient
   of the base kernel's shape is ever computed.
+  With `quant.scheme` set (and `quant.applies(role)`), the kernel is stored as kernel_q /
+  kernel_scale / [kernel_zero] of its 2-D view [lead, contract, out] (model/quant.py)
+  and dequantized on the fly; with `quant.qat` the float kernel is fake-quantized.
   """
   config: ModelConfig
   peft: PeftConfig
@@ -94,14 +99,19 @@ class Projection(nn.Module):
   out_dtype: Any = None
   zero_init: bool = False
   n_batch: int = 0
+  quant: QuantConfig = QuantConfig()
 
   def setup(self):
     if len(self.kernel_shape) != len(self.kernel_axes):
       raise ValueError(f"{self.role}: kernel_shape {self.kernel_shape} and kernel_axes "
                        f"{self.kernel_axes} differ in rank")
-    init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(self.init_std)
-    self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
-                             self.kernel_shape, jnp.float32)
+    self.quantized = self.quant.applies(self.role)
+    if self.quantized and self.quant.stored:
+      self._setup_quantized()
+    else:
+      init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(self.init_std)
+      self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
+                               self.kernel_shape, jnp.float32)
     self.has_lora = self.peft.lora_targets(self.role)
     if self.has_lora:
       split = self.n_batch + self.n_contract
@@ -117,12 +127,44 @@ class Projection(nn.Module):
               self.kernel_axes[:self.n_batch] + ("lora_rank",) + self.kernel_axes[split:]),
           lead + (r,) + self.kernel_shape[split:], jnp.float32)
 
+  def _view_2d(self):
+    """(lead shape, Din, Dout, logical axes of the 2-D view) of the kernel."""
+    split = self.n_batch + self.n_contract
+    shape, axes = self.kernel_shape, self.kernel_axes
+    lead = tuple(shape[:self.n_batch])
+    view_axes = tuple(axes[:self.n_batch]) + (axes[self.n_batch], axes[split])
+    return lead, math.prod(shape[self.n_batch:split]), math.prod(shape[split:]), view_axes
+
+  def _setup_quantized(self):
+    """Stored integer leaves; init gives all-zero weights (quantize a float model instead)."""
+    q = self.quant
+    lead, din, dout, axes = self._view_2d()
+    shapes = quantized_shapes(lead, din, dout, q.scheme, q.group(q.scheme), q.symmetric)
+    inits = {"kernel_q": nn.initializers.zeros, "kernel_scale": nn.initializers.ones,
+             "kernel_zero": nn.initializers.zeros}
+    self.qleaves = {
+        name: self.param(name, nn.with_logical_partitioning(inits[name], axes), shape, dtype)
+        for name, (shape, dtype) in shapes.items()}
+
+  def float_kernel(self):
+    """The float32 kernel the matmul uses: stored, dequantized, or fake-quantized (QAT)."""
+    if not self.quantized:
+      return self.kernel
+    lead, din, dout, _ = self._view_2d()
+    if self.quant.stored:
+      w = dequantize(self.qleaves, din)
+    else:
+      q = self.quant
+      w = fake_quant(self.kernel.reshape(lead + (din, dout)), q.qat, q.group(q.qat),
+                     q.symmetric)
+    return w.reshape(self.kernel_shape)
+
   def __call__(self, x, deterministic: bool = True):
     if self.n_batch:
       raise ValueError(f"{self.role}: a kernel with stacked axes is used through weight()")
     dtype = compute_dtype(self.config)
     x = x.astype(dtype)
-    y = _contract(x, self.kernel.astype(dtype), self.n_contract, self.out_dtype)
+    y = _contract(x, self.float_kernel().astype(dtype), self.n_contract, self.out_dtype)
     if not self.has_lora:
       return y
     if not deterministic and self.peft.dropout > 0:
@@ -137,9 +179,9 @@ class Projection(nn.Module):
     """The effective float32 kernel (kernel + (alpha/R) A.B): for stacked expert weights
     that enter shard_map whole. LoRA dropout does not apply on this path."""
     if not self.has_lora:
-      return self.kernel
-    return self.kernel + lora_delta(self.lora_a, self.lora_b, self.kernel_shape,
-                                    self.peft.lora_scale)
+      return self.float_kernel()
+    return self.float_kernel() + lora_delta(self.lora_a, self.lora_b, self.kernel_shape,
+                                            self.peft.lora_scale)
 
 
 class Embed(nn.Module):
@@ -215,6 +257,7 @@ class Mlp(nn.Module):
   config: ModelConfig
   peft: PeftConfig = PeftConfig()
   width: int = 0
+  quant: QuantConfig = QuantConfig()
 
   @nn.compact
   def __call__(self, x_BLD, deterministic: bool = True):
@@ -223,7 +266,8 @@ class Mlp(nn.Module):
     act = _activation(c.activation)
 
     def proj(name, shape, names, std):
-      return Projection(c, self.peft, shape, names, 1, std, f"mlp.{name}", name=name)
+      return Projection(c, self.peft, shape, names, 1, std, f"mlp.{name}", quant=self.quant,
+                        name=name)
 
     gated = c.activation == "swiglu"
     w_in = "wi_gate" if gated else "wi"

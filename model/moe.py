@@ -50,6 +50,7 @@ from model import moe_router
 from model.config import ModelConfig, compute_dtype
 from model.layers import Projection, out_proj_std
 from model.peft import PeftConfig
+from model.quant import QuantConfig
 from model.sharding import BATCH_AXES
 
 DROPLESS_IMPLS = ("auto", "ragged", "padded")
@@ -66,6 +67,7 @@ class MoeMlp(nn.Module):
   config: ModelConfig
   peft: PeftConfig = PeftConfig()
   dropless_impl: str = "auto"
+  quant: QuantConfig = QuantConfig()
 
   @nn.compact
   def __call__(self, x_BLD, deterministic: bool = True):
@@ -87,7 +89,8 @@ class MoeMlp(nn.Module):
                            router_DE)
     routing = moe_router.route(logits_TE, k, c.router_weighting)
     # Stacked expert kernels enter shard_map whole, so LoRA is merged per expert here.
-    experts = _ffn_projections(c, self.peft, "expert", "", (e,), ("expert",), c.expert_ffw_dim)
+    experts = _ffn_projections(c, self.peft, "expert", "", (e,), ("expert",), c.expert_ffw_dim,
+                               self.quant)
     experts = {key: proj.weight().astype(dtype) for key, proj in experts.items()}
 
     y_BLD, n_dropped = _dispatch(
@@ -96,7 +99,7 @@ class MoeMlp(nn.Module):
 
     if c.n_shared_experts:
       shared = _ffn_projections(c, self.peft, "shared", "shared_", (), (),
-                                c.n_shared_experts * c.expert_ffw_dim)
+                                c.n_shared_experts * c.expert_ffw_dim, self.quant)
       y_BLD = y_BLD + moe_dispatch.ffn(x_BLD, shared, c.activation,
                                        lambda h, proj: proj(h, deterministic))
 
@@ -114,16 +117,18 @@ def _init(std, names):
 
 
 def _ffn_projections(c: ModelConfig, peft: PeftConfig, role: str, prefix: str, lead_shape,
-                     lead_names, f) -> dict:
+                     lead_names, f, quant: QuantConfig = QuantConfig()) -> dict:
   """FFN projections (optionally stacked on a leading expert axis) named by c.activation."""
   d = c.d_model
   keys = ("wi_gate", "wi_up") if c.activation == "swiglu" else ("wi",)
   n_batch = len(lead_shape)
   projs = {key: Projection(c, peft, lead_shape + (d, f), lead_names + ("embed", "mlp"), 1,
-                           c.init_std, f"{role}.{key}", n_batch=n_batch, name=prefix + key)
+                           c.init_std, f"{role}.{key}", n_batch=n_batch, quant=quant,
+                           name=prefix + key)
            for key in keys}
   projs["wo"] = Projection(c, peft, lead_shape + (f, d), lead_names + ("mlp", "embed"), 1,
-                           out_proj_std(c), f"{role}.wo", n_batch=n_batch, name=prefix + "wo")
+                           out_proj_std(c), f"{role}.wo", n_batch=n_batch, quant=quant,
+                           name=prefix + "wo")
   return projs
 
 

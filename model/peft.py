@@ -8,6 +8,8 @@ Methods (PeftConfig.method):
                    FFN sub-layers (up projection starts at zero); only they train.
   "prompt_tuning"  a learned soft prompt [P, D] is prepended to the token embeddings;
                    only it trains.
+`base_quant` ("int8" | "int4") stores the frozen base quantized (QLoRA with "lora"):
+model/quant.py; the PEFT parameters stay float32.
 At initialisation every method computes exactly the base model. Parameter trees here are
 plain nested dicts (Flax's "params" collection, boxed or not); a path is a tuple of keys.
 """
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 METHODS = ("full", "lora", "adapters", "prompt_tuning")
 ADAPTER_WHERE = ("attention", "mlp", "both")
 PROMPT_INITS = ("vocab", "random")
+BASE_QUANTS = ("none", "int8", "int4")
 # Projection roles (model/layers.py) each targets preset selects; anything else is a regex.
 TARGET_PRESETS = {
     "attention": r"attn\..*",
@@ -48,9 +51,14 @@ class PeftConfig:
   adapter_where: str = "both"
   prompt_length: int = 16
   prompt_init: str = "vocab"
+  base_quant: str = "none"  # QLoRA: the frozen base stored as int8 / int4
 
   def __post_init__(self):
     _check_choice("method", self.method, METHODS)
+    _check_choice("base_quant", self.base_quant, BASE_QUANTS)
+    if self.base_quant != "none" and self.method == "full":
+      raise ValueError("peft.base_quant needs a frozen base: full fine-tuning cannot train "
+                       "quantized weights; set --config.peft.method=lora (QLoRA)")
     _check_choice("adapter_where", self.adapter_where, ADAPTER_WHERE)
     _check_choice("prompt_init", self.prompt_init, PROMPT_INITS)
     if self.rank <= 0:

@@ -1,6 +1,7 @@
 """The saved-model format: one self-describing run directory, read and written only here.
 
-  DIR/config.json          {"format_version": 2, "model": ..., "peft": ..., <train sections>}
+  DIR/config.json          {"format_version": 2, "model": ..., "peft": ..., ["quant": ...],
+                            <train sections>}
   DIR/data.json            corpus / data-set description
   DIR/tokenizer/           model.tokenizer.load_tokenizer reads it
   DIR/chat_template.json   present for fine-tuned runs; decoding wraps prompts with it
@@ -49,9 +50,21 @@ class RunConfig:
   def model_config(self) -> ModelConfig:
     return strict_from_dict(ModelConfig, self.section("model"), f"{self.path} [model]")
 
+  @property
+  def head(self) -> str:
+    """What the model outputs: "lm" (next-token logits) or "reward" (a scalar per sequence)."""
+    return str(self.sections.get("head", "lm"))
+
   def peft_config(self):
     from model.peft import PeftConfig  # pylint: disable=g-import-not-at-top
     return strict_from_dict(PeftConfig, self.section("peft"), f"{self.path} [peft]")
+
+  def quant_config(self):
+    """How the stored projections are quantized: the quant section (absent = float), with
+    QLoRA's peft.base_quant setting the scheme of the frozen base."""
+    from model import quant  # pylint: disable=g-import-not-at-top
+    config = strict_from_dict(quant.QuantConfig, self.section("quant"), f"{self.path} [quant]")
+    return quant.effective(config, self.section("peft").get("base_quant", "none"))
 
 
 def write_run_config(workdir: str, sections: dict) -> None:
@@ -110,19 +123,6 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(steps)
 
 
-def _pick_step(workdir: str, step: int | None) -> int:
-  steps = checkpoint_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}; train first or pass "
-                            "a run directory that has one")
-  if step is None:
-    return steps[-1]
-  if step not in steps:
-    raise FileNotFoundError(f"checkpoint step {step} not in {checkpoint_dir(workdir)}; "
-                            f"available: {steps}")
-  return step
-
-
 def dir_bytes(path: str) -> int:
   total = 0
   for root, _, files in os.walk(path):
@@ -132,36 +132,108 @@ def dir_bytes(path: str) -> int:
 
 def restore_params(workdir: str, abstract_params, step: int | None = None,
                    version: int | None = None):
-  """Restores only the parameters of checkpoint `step` (default latest) onto the shardings
-  of `abstract_params`; returns (params, step, bytes_on_disk_read)."""
-  step = _pick_step(workdir, step)
+  """Restores only the parameters of checkpoint `step` (default: the newest intact one)
+  onto the shardings of `abstract_params`; returns (params, step, bytes_on_disk_read)."""
   version = read_run_config(workdir).version if version is None else version
-  step_dir = os.path.join(checkpoint_dir(workdir), str(step))
-  manager = checkpoint_manager(workdir, async_save=False, create=False)
-  try:
+
+  def restore_one(manager, candidate):
     if version == 1:
-      return _restore_legacy_params(manager, step, abstract_params), step, dir_bytes(step_dir)
+      return _restore_legacy_params(manager, candidate, abstract_params)
     args = ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)})
-    try:
-      params = manager.restore(step, args=args)[PARAMS_ITEM]
-    except ValueError as e:
-      raise _mismatch_error(step, manager.directory, e) from None
-  finally:
-    manager.close()
-  return params, step, dir_bytes(os.path.join(step_dir, PARAMS_ITEM))
+    return manager.restore(candidate, args=args)[PARAMS_ITEM]
+
+  params, step = restore_newest_intact(workdir, restore_one, step)
+  step_dir = os.path.join(checkpoint_dir(workdir), str(step))
+  item_dir = step_dir if version == 1 else os.path.join(step_dir, PARAMS_ITEM)
+  return params, step, dir_bytes(item_dir)
 
 
-def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_params,
-                        abstract_train_state):
-  """Restores (params, train_state) of `step` for resuming training."""
+def restore_train_state(workdir: str, abstract_params, abstract_train_state,
+                        move_damaged: bool = True):
+  """Restores (params, train_state, step) of the newest intact checkpoint, for resuming.
+
+  Damaged newer checkpoints are moved to DIR/damaged_checkpoints/ (kept, not deleted), so
+  that training can write those steps again; the caller holds the run's lock.
+  """
   args = ocp.args.Composite(**{
       PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
       TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_train_state)})
-  try:
-    restored = manager.restore(step, args=args)
-  except ValueError as e:
-    raise _mismatch_error(step, manager.directory, e) from None
-  return restored[PARAMS_ITEM], restored[TRAIN_STATE_ITEM]
+  restored, step = restore_newest_intact(
+      workdir, lambda manager, candidate: manager.restore(candidate, args=args),
+      move_damaged=move_damaged)
+  return restored[PARAMS_ITEM], restored[TRAIN_STATE_ITEM], step
+
+
+def _is_mismatch(error: Exception) -> bool:
+  return isinstance(error, ValueError) and "do not match" in str(error)
+
+
+def _short(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def restore_newest_intact(workdir: str, restore_one, step: int | None = None,
+                          move_damaged: bool = False, attempts: int = 3):
+  """Runs `restore_one(manager, step)` on `step`, or on the newest checkpoint that restores.
+
+  A damaged checkpoint (truncated or missing files) is skipped with a warning naming it; a
+  step that disappears while being read (an older one deleted by a running trainer) makes
+  the listing start again. A parameter tree that does not match the model is not damage:
+  it is raised at once. An explicit `step` that fails is a clear error.
+  """
+  directory = checkpoint_dir(workdir)
+  for _ in range(attempts):
+    steps = checkpoint_steps(workdir)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {directory}; train first or pass a run "
+                              "directory that has one")
+    if step is not None and step not in steps:
+      raise FileNotFoundError(f"checkpoint step {step} not in {directory}; available: {steps}")
+    vanished, damaged = False, []
+    for candidate in ([step] if step is not None else reversed(steps)):
+      manager = checkpoint_manager(workdir, async_save=False, create=False)
+      try:
+        restored = restore_one(manager, candidate)
+        if move_damaged:
+          for bad in damaged:
+            _move_aside(workdir, bad)
+        return restored, candidate
+      except Exception as e:  # pylint: disable=broad-except
+        if _is_mismatch(e):
+          raise _mismatch_error(candidate, directory, e) from None
+        if not os.path.exists(os.path.join(directory, str(candidate))):
+          vanished = True  # deleted under us: list again
+          break
+        if step is not None:
+          raise ValueError(
+              f"checkpoint step {step} in {directory} is damaged or incomplete ({_short(e)}); "
+              f"pick another step (available: {steps}) or leave the step out to use the "
+              "newest intact checkpoint") from None
+        logging.warning("checkpoint step %d in %s is damaged (%s); falling back to an older "
+                        "one", candidate, directory, _short(e))
+        damaged.append(candidate)
+      finally:
+        manager.close()
+    if not vanished:
+      raise ValueError(f"no intact checkpoint in {directory}: steps {damaged} are damaged; "
+                       "restore them from a backup or start a new --workdir")
+  raise FileNotFoundError(f"checkpoints in {directory} kept disappearing while being read "
+                          "(is a trainer deleting them?); try again")
+
+
+def _move_aside(workdir: str, step: int) -> str:
+  """Moves a damaged step out of the checkpoints folder (kept for inspection)."""
+  target_root = os.path.join(workdir, "damaged_checkpoints")
+  os.makedirs(target_root, exist_ok=True)
+  target = os.path.join(target_root, f"{step}")
+  suffix = 0
+  while os.path.exists(target):
+    suffix += 1
+    target = os.path.join(target_root, f"{step}.{suffix}")
+  os.replace(os.path.join(checkpoint_dir(workdir), str(step)), target)
+  logging.warning("moved damaged checkpoint step %d to %s", step, target)
+  return target
 
 
 def _mismatch_error(step, directory, error) -> ValueError:

@@ -15,8 +15,6 @@ import io
 import itertools
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Iterable, Iterator, Sequence
 
@@ -252,15 +250,25 @@ def load_tokenizer(directory: str) -> Tokenizer:
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}; pass the directory a tokenizer "
                             "was saved to (a run directory or the tokenizer cache)")
-  with open(path) as f:
-    info = json.load(f)
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}): the tokenizer is damaged; restore it "
+                     "from a backup or retrain (delete it if it is a cache entry)") from None
   kind = info.get("kind")
   if kind == ByteTokenizer.kind:
     return ByteTokenizer()
   if kind == SentencePieceTokenizer.kind:
-    with open(os.path.join(directory, SP_MODEL_FILE), "rb") as f:
+    model_path = os.path.join(directory, SP_MODEL_FILE)
+    with open(model_path, "rb") as f:
       proto = f.read()
     settings = {k: v for k, v in info.items()
                 if k not in ("kind", "vocab_size", "pad_id", "bos_id", "eos_id", "unk_id")}
-    return SentencePieceTokenizer(proto, settings)
+    try:
+      return SentencePieceTokenizer(proto, settings)
+    except (RuntimeError, OSError, TypeError) as e:
+      raise ValueError(f"{model_path} is not a valid sentencepiece model ({e}): the tokenizer "
+                       "is damaged; restore it from a backup or retrain (delete it if it is a "
+                       "cache entry)") from None
   raise ValueError(f"{path}: unknown tokenizer kind {kind!r} (expected 'byte' or 'sentencepiece')")

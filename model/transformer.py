@@ -18,6 +18,7 @@ from model.config import ModelConfig, compute_dtype
 from model.layers import (Embed, LearnedPositions, Mlp, Norm, Projection, param_init,
                           sinusoidal_positions)
 from model.peft import PeftConfig, count_params  # noqa: F401  (count_params re-exported)
+from model.quant import QuantConfig
 
 _ACT_BLD = ("act_batch", "act_length", "act_embed")
 _REMAT_POLICIES = {
@@ -38,6 +39,7 @@ class Block(nn.Module):
   peft: PeftConfig = PeftConfig()
   moe: bool = False
   deterministic: bool = True
+  quant: QuantConfig = QuantConfig()
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask: Mask, kv_cache=None):
@@ -46,7 +48,8 @@ class Block(nn.Module):
     mlp_norm = Norm(c, name="mlp_norm")
 
     def attn(h_BLD):
-      a_BLD, new_kv = Attention(c, peft, name="attn")(h_BLD, positions_BL, kv_cache, mask, det)
+      a_BLD, new_kv = Attention(c, peft, self.quant, name="attn")(h_BLD, positions_BL, kv_cache,
+                                                                   mask, det)
       if peft.adapter_at("attention"):
         a_BLD = Adapter(c, peft, name="adapter_attn")(a_BLD, det)
       return a_BLD, new_kv
@@ -54,9 +57,9 @@ class Block(nn.Module):
     def ffn(h_BLD):
       if self.moe:
         from model.moe import MoeMlp  # pylint: disable=g-import-not-at-top
-        f_BLD, aux = MoeMlp(c, peft, name="moe")(h_BLD, det)
+        f_BLD, aux = MoeMlp(c, peft, quant=self.quant, name="moe")(h_BLD, det)
       else:
-        f_BLD, aux = Mlp(c, peft, name="mlp")(h_BLD, det), {}
+        f_BLD, aux = Mlp(c, peft, quant=self.quant, name="mlp")(h_BLD, det), {}
       if peft.adapter_at("mlp"):
         f_BLD = Adapter(c, peft, name="adapter_mlp")(f_BLD, det)
       return f_BLD, aux
@@ -83,6 +86,7 @@ class BlockGroup(nn.Module):
   config: ModelConfig
   peft: PeftConfig = PeftConfig()
   deterministic: bool = True
+  quant: QuantConfig = QuantConfig()
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask: Mask, k_GBSKH=None, v_GBSKH=None,
@@ -92,7 +96,7 @@ class BlockGroup(nn.Module):
     for i in range(group_size(c)):
       kv = None if k_GBSKH is None else (k_GBSKH[i], v_GBSKH[i], lengths_B)
       block = Block(c, self.peft, moe=c.is_moe_layer(i), deterministic=self.deterministic,
-                    name=f"block_{i}")
+                    quant=self.quant, name=f"block_{i}")
       x_BLD, aux, new_kv = block(x_BLD, positions_BL, mask, kv)
       if aux:
         auxes.append(aux)
@@ -130,15 +134,21 @@ class Transformer(nn.Module):
   tokens then sit at positions P.. (explicit positions_BL are shifted by P) and the P
   prompt positions get no logits, so logits stay [B, L, V].
   deterministic=False enables LoRA dropout (needs a "dropout" rng).
+  return_hidden=True (no cache) returns (logits_BLV, aux, hidden_BLD), hidden_BLD the
+  final-normed states the logits are read from (reward / value heads use them).
+  quant (model/quant.py): projections stored as int8 / int4 (scheme) or fake-quantized
+  (qat); the embedding table stays float.
   Params: embed, [pos_embed], [soft_prompt], layers | layers_i, [final_norm], [unembed];
   final_norm exists only for pre-norm (post-norm blocks already end in a norm).
   """
   config: ModelConfig
   peft: PeftConfig = PeftConfig()
+  quant: QuantConfig = QuantConfig()
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, cache=None, *, mask: Mask | None = None,
-               prepend_prompt: bool | None = None, deterministic: bool = True):
+               prepend_prompt: bool | None = None, deterministic: bool = True,
+               return_hidden: bool = False):
     c, peft = self.config, self.peft
     if tokens_BL.ndim != 2:
       raise ValueError(f"tokens must be [batch, length], got shape {tokens_BL.shape}")
@@ -191,9 +201,14 @@ class Transformer(nn.Module):
       logits_BLV = embed.attend(x_BLD)
     else:
       head = Projection(c, peft, (c.d_model, c.vocab_size), ("embed", "vocab"), 1,
-                        c.init_std, "head", out_dtype=jnp.float32, name="unembed")
+                        c.init_std, "head", out_dtype=jnp.float32, quant=self.quant,
+                        name="unembed")
       logits_BLV = head(x_BLD, deterministic)
     logits_BLV = sharding.constrain(logits_BLV, ("act_batch", "act_length", "act_vocab"))
+    if return_hidden:  # final hidden states for scalar heads (model/reward_head.py)
+      if cache is not None:
+        raise ValueError("return_hidden is for full forward passes, not cached decoding")
+      return logits_BLV, aux, x_BLD
     if cache is None:
       return logits_BLV, aux
     new_cache = {"k": new_kv[0], "v": new_kv[1], "lengths": cache["lengths"] + l + p}
@@ -236,13 +251,13 @@ class Transformer(nn.Module):
           group_cls, variable_axes={"params": 0, "intermediates": 0},
           split_rngs=split_rngs, in_axes=in_axes, length=n_groups,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, ys = scanned(c, peft, deterministic, name="layers")(
+      x_BLD, ys = scanned(c, peft, deterministic, self.quant, name="layers")(
           x_BLD, positions_BL, mask, *cache_args)
     else:
       outs = []
       for i in range(n_groups):
         args = () if cache is None else (cache_args[0][i], cache_args[1][i], cache_args[2])
-        group = group_cls(c, peft, deterministic, name=f"layers_{i}")
+        group = group_cls(c, peft, deterministic, self.quant, name=f"layers_{i}")
         x_BLD, y = group(x_BLD, positions_BL, mask, *args)
         outs.append(y)
       ys = jax.tree.map(lambda *a: jnp.stack(a), *outs)

@@ -9,6 +9,7 @@ preset name (`--config.model=125m`) replaces the whole model config by that pres
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import typing
 
@@ -16,9 +17,31 @@ from model import config as model_config
 from model.config import ModelConfig, strict_from_dict
 from model.mesh import MeshConfig
 from model.peft import PeftConfig
+from model.quant import QuantConfig
 
-OBJECTIVES = ("lm", "sft")
-DATA_KINDS = ("text", "sft")
+OBJECTIVES = ("lm", "sft", "distill", "reward", "dpo", "grpo", "ppo")
+PREFERENCE_LOSSES = ("dpo", "ipo", "simpo")
+RL_REWARDS = ("task", "model")
+HEADS = ("lm", "reward", "value")  # what the model outputs (model/reward_head.py)
+KL_ESTIMATORS = ("k1", "k3")
+DISTILL_METHODS = ("logits", "data", "on_policy")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _check_range(name: str, value: float, low: float, high: float, low_open: bool = False,
+                 high_open: bool = False) -> None:
+  """A finite number within [low, high] (or open at either end), else a clear error."""
+  ok = math.isfinite(value)
+  ok = ok and (value > low if low_open else value >= low)
+  ok = ok and (value < high if high_open else value <= high)
+  if not ok:
+    if high == math.inf:
+      bound = f"{'>' if low_open else '>='} {low}"
+    else:
+      bound = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise ValueError(f"{name}={value} must be a finite number {bound}; "
+                     f"set --config.{name} accordingly")
+DATA_KINDS = ("text", "sft", "preference", "rollout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +59,26 @@ class DataConfig:
   cache_dir: str = ""  # "" means ~/.cache/jaxlm
   # Fine-tuning data (kind="sft"): `data` is a jsonl of {prompt, response} or {messages};
   # "" means the embedded instruction tasks (train/data/tasks.py).
-  kind: str = "text"  # "text" (a corpus for next-token training) | "sft"
+  kind: str = "text"  # "text" (a corpus) | "sft" | "preference" (pairs) | "rollout" (RL prompts)
   chat_template: str = "plain"  # model/chat.py TEMPLATES; recorded in the run directory
   pack: bool = True  # several examples per row, separated by segment ids
   sft_train_per_task: int = 2000  # embedded tasks: training examples per task
   sft_heldout_per_task: int = 40  # embedded tasks: held-out examples per task
+  # Preference data (kind="preference"): `data` is a jsonl of {prompt, chosen, rejected} or
+  # {messages, chosen, rejected}; "" means pairs generated from the embedded tasks.
+  pref_train_per_task: int = 400  # embedded pairs per task (train split)
+  pref_heldout_per_task: int = 20  # embedded pairs per task (held-out prompts)
 
   def __post_init__(self):
     if self.kind not in DATA_KINDS:
       raise ValueError(f"data.kind={self.kind!r} is not one of {DATA_KINDS}")
+    if self.seq_len < 1:
+      raise ValueError(f"data.seq_len must be >= 1, got {self.seq_len}")
+    _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True,
+                 high_open=True)
+    for name in ("sft_train_per_task", "sft_heldout_per_task"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +108,101 @@ class TrainConfig:
   init_from: str = ""  # a run directory whose parameters (and tokenizer) start this run
   task_eval_examples: int = 0  # held-out examples decoded per task at eval (0 = off)
   task_eval_tokens: int = 24  # max new tokens per task answer
+  accept_data_change: bool = False  # resume even if the data or tokenizer changed since
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
       raise ValueError(f"train.objective={self.objective!r} is not one of {OBJECTIVES}")
-    for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every"):
+    for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every",
+                 "keep_checkpoints", "eval_batches", "task_eval_tokens"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}; set "
                          f"--config.train.{name} to a positive integer")
+    for name in ("warmup_steps", "eval_every", "samples", "task_eval_examples"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}; set "
+                         f"--config.train.{name} to 0 or more")
+    _check_range("train.learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
+    _check_range("train.lr_floor", self.lr_floor, 0.0, 1.0)
+    _check_range("train.weight_decay", self.weight_decay, 0.0, math.inf)
+    _check_range("train.beta1", self.beta1, 0.0, 1.0, high_open=True)
+    _check_range("train.beta2", self.beta2, 0.0, 1.0, high_open=True)
+    _check_range("train.grad_clip", self.grad_clip, 0.0, math.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class RlConfig:
+  """Alignment: preference losses (reward, dpo) and on-policy RL (grpo)."""
+  loss: str = "dpo"  # the dpo objective's loss: "dpo" | "ipo" | "simpo"
+  beta: float = 0.1  # DPO/IPO/SimPO inverse temperature
+  label_smoothing: float = 0.0  # conservative DPO: assumed label-flip probability
+  simpo_gamma: float = 0.5  # SimPO target reward margin
+  reward_margin: float = 0.0  # reward model: BT margin added to every pair (plus a row's "margin")
+  group_size: int = 4  # GRPO: samples per prompt
+  clip_eps: float = 0.2  # GRPO: ratio clip
+  kl_beta: float = 0.0  # GRPO: weight of the k3 KL to the reference (0 = no reference loaded)
+  reward: str = "task"  # GRPO: "task" (tasks.score, verifiable) | "model" (reward_model)
+  reward_model: str = ""  # a reward-model run directory (python -m train.main ...reward.py)
+  max_new_tokens: int = 12  # GRPO: tokens per rollout
+  temperature: float = 1.0  # GRPO: rollout sampling temperature
+  updates_per_rollout: int = 1  # GRPO / PPO: epochs over each rollout
+  minibatches: int = 1  # GRPO / PPO: a rollout is minibatches x batch_size rows
+  # PPO (objective ppo, head value): per-token rewards = score at the end - kl_coef * KL_t.
+  kl_coef: float = 0.05  # initial KL penalty coefficient
+  kl_target: float = 0.0  # adaptive controller target KL per sequence (0 = fixed kl_coef)
+  kl_horizon: int = 10_000
+  kl_estimator: str = "k1"  # "k1" (log-ratio) | "k3" (non-negative)
+  gamma: float = 1.0
+  lam: float = 0.95  # GAE lambda
+  vf_coef: float = 0.1  # critic loss weight
+  vf_clip: float = 0.2  # value clipping around the rollout-time values
+  whiten_advantages: bool = True
+
+  def __post_init__(self):
+    for name, value, choices in (("loss", self.loss, PREFERENCE_LOSSES),
+                                 ("reward", self.reward, RL_REWARDS)):
+      if value not in choices:
+        raise ValueError(f"rl.{name}={value!r} is not one of {choices}; set "
+                         f"--config.rl.{name} to one of them")
+    if self.group_size < 1 or self.updates_per_rollout < 1 or self.minibatches < 1:
+      raise ValueError("rl.group_size, rl.updates_per_rollout and rl.minibatches must be >= 1")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"rl.kl_estimator={self.kl_estimator!r} is not one of {KL_ESTIMATORS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """Knowledge distillation from a frozen teacher run (train/objectives/distill.py).
+
+  Per target token: kd_weight * T^2 * D(teacher_T, student_T) + (1 - kd_weight) * CE, where
+  _T is the softmax at temperature T and D the divergence ("jsd" mixes with jsd_beta).
+  """
+  teacher: str = ""  # run directory of the teacher (params only are read)
+  method: str = "logits"  # "logits" | "data" | "on_policy"
+  divergence: str = "forward_kl"  # "forward_kl" | "reverse_kl" | "jsd"
+  jsd_beta: float = 0.5
+  temperature: float = 1.0
+  kd_weight: float = 0.5
+  # method=data: teacher continuations of training-window prompts, mixed into the batches.
+  synthetic_prompts: int = 256
+  prompt_tokens: int = 16
+  synthetic_tokens: int = 112
+  mix: float = 0.5  # probability that a training row is a synthetic one
+
+  def __post_init__(self):
+    if not 0.0 <= self.mix < 1.0 or min(self.synthetic_prompts, self.prompt_tokens,
+                                        self.synthetic_tokens) < 1:
+      raise ValueError("distill.mix must be in [0, 1) and distill.synthetic_prompts, "
+                       "prompt_tokens, synthetic_tokens >= 1")
+    if self.method not in DISTILL_METHODS:
+      raise ValueError(f"distill.method={self.method!r} is not one of {DISTILL_METHODS}")
+    if self.divergence not in DIVERGENCES:
+      raise ValueError(f"distill.divergence={self.divergence!r} is not one of {DIVERGENCES}")
+    if not self.temperature > 0:
+      raise ValueError(f"distill.temperature={self.temperature} must be positive")
+    if not 0.0 <= self.kd_weight <= 1.0 or not 0.0 < self.jsd_beta < 1.0:
+      raise ValueError("distill.kd_weight must be in [0, 1] and distill.jsd_beta in (0, 1); "
+                       f"got {self.kd_weight} and {self.jsd_beta}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +212,34 @@ class Config:
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
+  quant: QuantConfig = QuantConfig()  # training: qat only (QLoRA: peft.base_quant)
+  distill: DistillConfig = DistillConfig()
+  rl: RlConfig = RlConfig()
+  head: str = "lm"  # "lm" (next-token logits) | "reward" (a scalar per sequence: reward model)
+
+  def __post_init__(self):
+    if self.head not in HEADS:
+      raise ValueError(f"head={self.head!r} is not one of {HEADS}")
+    if (self.head == "reward") != (self.train.objective == "reward"):
+      raise ValueError("a reward model needs --config.head=reward with "
+                       "--config.train.objective=reward (use experiments/reward.py)")
+    if (self.head == "value") != (self.train.objective == "ppo"):
+      raise ValueError("PPO needs its critic: --config.head=value with "
+                       "--config.train.objective=ppo (use experiments/ppo.py)")
+    self._check_compression()
+
+  def _check_compression(self):
+    if self.quant.scheme != "none":
+      raise ValueError(
+          f"quant.scheme={self.quant.scheme!r} stores integer weights, which do not train: "
+          "use --config.quant.qat=... (QAT), --config.peft.base_quant=... (QLoRA), or "
+          "python -m infer.quantize after training")
+
+  @property
+  def model_quant(self) -> QuantConfig:
+    """The quant config of the trained model (QAT, or QLoRA's quantized base)."""
+    from model.quant import effective  # pylint: disable=g-import-not-at-top
+    return effective(self.quant, self.peft.base_quant)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -20,7 +20,7 @@ from train import corpus as corpus_lib
 from train import tokenizer as tokenizer_lib
 from model.files import save_npy_atomic, write_json_atomic
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: meta.json records file sizes and checksums
 _ENCODE_CHUNK_CHARS = 1 << 20
 
 
@@ -76,8 +76,12 @@ def build_token_files(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokeni
                            tokens_cache_key(corpus, tokenizer, val_fraction)[:24])
   meta_path = os.path.join(directory, "meta.json")
   if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      return directory, json.load(f)
+    problem = verify_token_files(directory)
+    if problem is None:
+      with open(meta_path) as f:
+        return directory, json.load(f)
+    logging.warning("token cache %s is damaged (%s): rebuilding it", directory, problem)
+    os.remove(meta_path)
   os.makedirs(directory, exist_ok=True)
   train_docs, val_docs = corpus_lib.split_corpus(corpus, val_fraction)
   start = time.perf_counter()
@@ -89,12 +93,56 @@ def build_token_files(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokeni
     meta[f"n_{split}_documents"] = len(docs)
     meta[f"n_{split}_bytes"] = sum(len(d.encode("utf-8")) for d in docs)
     meta[f"n_{split}_tokens"] = int(tokens.size)
+    meta.setdefault("files", {})[f"{split}.npy"] = file_checksum(
+        os.path.join(directory, f"{split}.npy"))
   meta["tokenize_seconds"] = time.perf_counter() - start
   meta["dtype"] = str(token_dtype(tokenizer.vocab_size))
   write_json_atomic(meta_path, meta)
   logging.info("tokenized %s in %.1f s: %d train / %d val tokens -> %s", corpus.name,
                meta["tokenize_seconds"], meta["n_train_tokens"], meta["n_val_tokens"], directory)
   return directory, meta
+
+
+_FULL_CHECKSUM_BYTES = 256 << 20  # larger files: checksum of samples at both ends
+_SAMPLE_BYTES = 4 << 20
+
+
+def file_checksum(path: str) -> dict:
+  """{"bytes", "sha256"} of a cache file; sha256 of the whole file up to 256 MB, of its
+  first and last 4 MB (and its size) beyond, so that opening a cache stays cheap."""
+  size = os.path.getsize(path)
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    if size <= _FULL_CHECKSUM_BYTES:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+    else:
+      digest.update(f.read(_SAMPLE_BYTES))
+      f.seek(size - _SAMPLE_BYTES)
+      digest.update(f.read(_SAMPLE_BYTES))
+  return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def verify_token_files(directory: str) -> str | None:
+  """None if every file meta.json lists has its recorded size and checksum, else what is
+  wrong (named with its path)."""
+  try:
+    with open(os.path.join(directory, "meta.json")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    return f"meta.json unreadable: {e}"
+  files = meta.get("files")
+  if not files:
+    return "meta.json records no checksums (written by an older version)"
+  for name, want in files.items():
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+      return f"{path} is missing"
+    if os.path.getsize(path) != want["bytes"]:
+      return f"{path} has {os.path.getsize(path)} bytes, expected {want['bytes']}"
+    if file_checksum(path)["sha256"] != want["sha256"]:
+      return f"{path} does not match its recorded checksum"
+  return None
 
 
 class TokenDataset:
@@ -208,6 +256,7 @@ def build_datasets(data_config, cache_dir: str | None = None, batch_size: int | 
   directory, meta = build_token_files(corpus, tokenizer, data_config.val_fraction, cache_dir)
   train_ds = TokenDataset(os.path.join(directory, "train.npy"), data_config.seq_len, name="train")
   val_ds = TokenDataset(os.path.join(directory, "val.npy"), data_config.seq_len, name="val")
+  train_ds.checksum = meta["files"]["train.npy"]["sha256"][:32]
   if batch_size is not None:
     train_ds.check_batch_size(batch_size)
   info = dict(

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from model import flops, sharding, store
+from model.run_lock import RunLock
 from train import checkpoint, hardware, run_setup
 from train.config import Config
 from train.step import Trainer
@@ -59,8 +60,13 @@ def peak_flops_per_device(config: Config) -> tuple[float, str]:
 
 
 def evaluate(trainer: Trainer, state, frozen, val_ds, config: Config) -> dict:
-  """Held-out loss averaged per target token over the same validation batches every time."""
+  """Held-out loss averaged per target token over the same validation batches every time.
+
+  RL rollouts have no fixed validation batches (val_ds None): then only task eval runs."""
+  if val_ds is None:
+    return {}
   loss_sum, count = 0.0, 0.0
+  extra = {}  # preference objectives: held-out reward accuracy, margin, ...
   n_proc, proc = jax.process_count(), jax.process_index()
   for batch in val_ds.eval_batches(config.train.batch_size, config.train.eval_batches):
     rows = config.train.batch_size // n_proc
@@ -69,8 +75,16 @@ def evaluate(trainer: Trainer, state, frozen, val_ds, config: Config) -> dict:
                                                    trainer.global_batch(local))
     loss_sum += float(metric_sums["ce_loss"])
     count += float(weight_sum)
+    for k in _VAL_EXTRA_METRICS.intersection(metric_sums):
+      extra[f"val_{k}"] = extra.get(f"val_{k}", 0.0) + float(metric_sums[k])
   loss = loss_sum / max(count, 1.0)
-  return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": count}
+  extra = {k: v / max(count, 1.0) for k, v in extra.items()}
+  return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_tokens": count,
+          **extra}
+
+
+_VAL_EXTRA_METRICS = frozenset(("reward_accuracy", "reward_margin", "chosen_reward",
+                                "rejected_reward", "preference_loss"))
 
 
 def _count(tree) -> int:
@@ -80,7 +94,7 @@ def _count(tree) -> int:
 def _log_trainable(trainer: Trainer, state, frozen) -> dict:
   """Trainable parameters (count, % of the model) and optimizer-state bytes, at start."""
   trainable = _count(state.params)
-  total = trainable + _count(frozen)
+  total = trainable + _count(frozen.get("model", {}))  # not the reference copy
   opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state))
   logging.info("peft %s: %s trainable of %s parameters (%.4f%%); optimizer state %.2f MB",
                trainer.config.peft.method, f"{trainable:,}", f"{total:,}",
@@ -96,7 +110,7 @@ def _task_evaluator(config: Config, data, trainer: Trainer):
   from infer.decode import Decoder  # pylint: disable=g-import-not-at-top
   from train import task_eval  # pylint: disable=g-import-not-at-top
   rows = task_eval.select_rows(data.heldout, config.train.task_eval_examples)
-  decoder = Decoder(config.model, trainer.mesh, config.peft)
+  decoder = Decoder(config.model, trainer.mesh, config.peft, trainer.config.model_quant)
 
   def run(state, frozen) -> dict:
     start = time.perf_counter()
@@ -125,9 +139,18 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
   """Trains (or resumes) the run in `workdir`; returns a summary with the held-out loss.
 
   `stop_at_step` ends this invocation early (with a checkpoint) at that step, e.g. to
-  split a long run over several jobs; rerunning continues on the same schedule.
+  split a long run over several jobs; rerunning continues on the same schedule. The run
+  directory is locked for the duration (model/run_lock.py): a second trainer on the same
+  directory is refused instead of interleaving checkpoints and metrics.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file, not a directory; pass a directory path")
   os.makedirs(workdir, exist_ok=True)
+  with RunLock(workdir, "train", enabled=jax.process_index() == 0):
+    return _train(config, workdir, stop_at_step)
+
+
+def _train(config: Config, workdir: str, stop_at_step: int | None) -> dict:
   mesh = sharding.make_mesh(config.mesh.as_dict())
   start = run_setup.start_run(config, workdir, mesh)
   config, trainer, manager = start.config, start.trainer, start.manager
@@ -166,6 +189,8 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
   step = start_step
   with _StopFlag() as stop:
     while step < train_config.steps:
+      if hasattr(train_ds, "set_policy"):  # RL rollouts sample from the current params
+        train_ds.set_policy(trainer, state, frozen)
       local = train_ds.batch(train_config.seed, step, train_config.batch_size,
                              jax.process_index(), jax.process_count())
       state, metrics = trainer.train_step(state, frozen, trainer.global_batch(local))
@@ -206,8 +231,9 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
         interval_start, interval_steps = time.perf_counter(), 0
       if train_config.eval_every and (step % train_config.eval_every == 0) and not last:
         eval_metrics = evaluate(trainer, state, frozen, val_ds, config)
-        logging.info("step %d held-out loss %.4f perplexity %.2f", step,
-                     eval_metrics["val_loss"], eval_metrics["val_perplexity"])
+        if eval_metrics:
+          logging.info("step %d held-out loss %.4f perplexity %.2f", step,
+                       eval_metrics["val_loss"], eval_metrics["val_perplexity"])
         if task_eval:
           eval_metrics.update(task_eval(state, frozen))
         metrics_log.write(dict(eval_metrics, step=step))
@@ -217,7 +243,7 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
           raise TrainingDiverged(f"loss became NaN/inf by step {step}; not saving. The last good "
                                  f"checkpoint (step {last_saved}) is intact.")
         store.save_checkpoint(manager, step, trainer.full_params(state, frozen),
-                              {"step": state.step, "opt_state": state.opt_state}, force=True)
+                              trainer.train_state_item(state), force=True)
         last_saved = step
       if stop.signal:
         logging.warning("stopped (%s) at step %d; rerun the same command to resume",
@@ -229,9 +255,10 @@ def train(config: Config, workdir: str, stop_at_step: int | None = None) -> dict
   summary["step"] = step
   if step >= train_config.steps:
     eval_metrics = evaluate(trainer, state, frozen, val_ds, config)
-    logging.info("final held-out loss %.4f perplexity %.2f over %d tokens",
-                 eval_metrics["val_loss"], eval_metrics["val_perplexity"],
-                 eval_metrics["val_tokens"])
+    if eval_metrics:
+      logging.info("final held-out loss %.4f perplexity %.2f over %d tokens",
+                   eval_metrics["val_loss"], eval_metrics["val_perplexity"],
+                   eval_metrics["val_tokens"])
     if task_eval:
       eval_metrics.update(task_eval(state, frozen))
     metrics_log.write(dict(eval_metrics, step=step, final=True))

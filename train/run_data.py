@@ -5,8 +5,10 @@ tokenizer is the base run's (its ids are what the base's embeddings mean).
 """
 
 import dataclasses
+import hashlib
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from model.chat import get_template
@@ -15,6 +17,18 @@ from train import corpus as corpus_lib
 from train.config import DataConfig
 from train.dataset import build_datasets
 from train.tokenizer import get_tokenizer
+
+
+def data_fingerprint(tokenizer, train_ds, source: str) -> dict:
+  """What a checkpoint was trained on: the tokenizer and a hash of the training tokens
+  (for a memory-mapped corpus, its cache's content checksum), compared on resume."""
+  checksum = getattr(train_ds, "checksum", None)
+  if checksum is None:
+    digest = hashlib.sha256()
+    for key in sorted(getattr(train_ds, "rows", {})):
+      digest.update(np.ascontiguousarray(train_ds.rows[key]).tobytes())
+    checksum = digest.hexdigest()[:32]
+  return {"tokenizer": tokenizer.fingerprint, "train_tokens": checksum, "source": source}
 
 
 @dataclasses.dataclass
@@ -28,7 +42,7 @@ class RunData:
 
 
 def build_run_data(data_config: DataConfig, tokenizer: Tokenizer | None = None,
-                   seed: int = 0) -> RunData:
+                   seed: int = 0, rl_config=None, ppo: bool = False) -> RunData:
   if data_config.kind == "text":
     tokenizer, train_ds, val_ds, info = build_datasets(data_config, tokenizer=tokenizer)
     return RunData(tokenizer, train_ds, val_ds, info)
@@ -39,9 +53,28 @@ def build_run_data(data_config: DataConfig, tokenizer: Tokenizer | None = None,
     logging.info("no --init_from: using the embedded corpus's tokenizer for fine-tuning data")
     tokenizer = get_tokenizer(corpus_config, corpus_lib.load_corpus(corpus_config))
   template = get_template(data_config.chat_template)
+  if data_config.kind in ("preference", "rollout"):
+    return _alignment_data(data_config, tokenizer, template, seed, rl_config, ppo)
   train_ds, val_ds, heldout, info = build_sft_datasets(
       tokenizer, template, data_config.seq_len, data_path=data_config.data,
       pack=data_config.pack, n_train_per_task=data_config.sft_train_per_task,
       n_heldout_per_task=data_config.sft_heldout_per_task, seed=seed)
+  info = dict(info, tokenizer=tokenizer.describe(), chat_template=template.name)
+  return RunData(tokenizer, train_ds, val_ds, info, heldout=heldout, template=template)
+
+
+def _alignment_data(data_config: DataConfig, tokenizer: Tokenizer, template, seed: int,
+                    rl_config, ppo: bool) -> RunData:
+  """kind="preference": chosen/rejected pairs; kind="rollout": prompts the policy samples."""
+  if data_config.kind == "preference":
+    from train.data.preference import build_preference_datasets  # pylint: disable=g-import-not-at-top
+    train_ds, val_ds, heldout, info = build_preference_datasets(
+        tokenizer, template, data_config.seq_len, data_path=data_config.data,
+        n_train_per_task=data_config.pref_train_per_task,
+        n_heldout_per_task=data_config.pref_heldout_per_task, seed=seed)
+  else:
+    from train.rl.rollout import build_rollout_data  # pylint: disable=g-import-not-at-top
+    train_ds, val_ds, heldout, info = build_rollout_data(
+        tokenizer, template, data_config, rl_config, seed=seed, ppo=ppo)
   info = dict(info, tokenizer=tokenizer.describe(), chat_template=template.name)
   return RunData(tokenizer, train_ds, val_ds, info, heldout=heldout, template=template)

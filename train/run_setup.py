@@ -6,7 +6,10 @@ directory is written.
 """
 
 import dataclasses
+import json
 import os
+import shutil
+import tempfile
 
 import jax
 from absl import logging
@@ -16,7 +19,7 @@ from model.files import write_json_atomic
 from model.tokenizer import load_tokenizer
 from train import checkpoint
 from train.config import Config
-from train.run_data import RunData, build_run_data
+from train.run_data import RunData, build_run_data, data_fingerprint
 from train.step import Trainer
 
 
@@ -54,6 +57,10 @@ def _base_model(config: Config):
     raise ValueError(f"--init_from={base_dir} holds a {base_peft.method} run; export it to a "
                      "plain run first (python -m infer.export --workdir=... --merge_lora "
                      "--out=...) and start from that")
+  if run.quant_config().stored:
+    raise ValueError(f"--init_from={base_dir} holds {run.quant_config().scheme} weights, which "
+                     "do not train; start from the float run it was quantized from (QAT and "
+                     "QLoRA quantize a float base themselves)")
   tokenizer = load_tokenizer(os.path.join(base_dir, store.TOKENIZER_DIR))
   if tokenizer.vocab_size > base_model.vocab_size:
     raise ValueError(
@@ -72,6 +79,31 @@ def _base_model(config: Config):
   return dataclasses.replace(config, model=model), tokenizer
 
 
+def _check_same_data(workdir: str, config: Config, fingerprint: dict) -> None:
+  """Refuses to resume on other tokens than the checkpoints were trained on."""
+  path = os.path.join(workdir, store.DATA_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f).get("resume_fingerprint")
+  if not saved:
+    return
+  changed = [k for k in ("tokenizer", "train_tokens") if saved.get(k) != fingerprint.get(k)]
+  if not changed:
+    return
+  what = " and ".join({"tokenizer": "the tokenizer",
+                       "train_tokens": "the training tokens (corpus, --data file or token "
+                                       "cache)"}[k] for k in changed)
+  if config.train.accept_data_change:
+    logging.warning("resuming %s although %s changed (--config.train.accept_data_change)",
+                    workdir, what)
+    return
+  raise ValueError(
+      f"{workdir} was trained on other data: {what} changed since its checkpoints were "
+      "written. Resume with the same data, start a new --workdir, or pass "
+      "--config.train.accept_data_change=true to continue on the new data knowingly")
+
+
 def _check_resumable(workdir: str, config: Config, tokenizer) -> None:
   if not os.path.exists(os.path.join(workdir, store.CONFIG_FILE)):
     return
@@ -87,7 +119,8 @@ def _check_resumable(workdir: str, config: Config, tokenizer) -> None:
       raise ValueError(
           f"{workdir} holds a run with a different {section} config; resume with the same "
           "settings or pass a new --workdir")
-  if saved.train != config.train:
+  if dataclasses.replace(saved.train, accept_data_change=False) != dataclasses.replace(
+      config.train, accept_data_change=False):
     logging.warning("resuming %s with changed train settings: the run will not match an "
                     "uninterrupted run of either config", workdir)
   saved_tokenizer_dir = os.path.join(workdir, store.TOKENIZER_DIR)
@@ -99,14 +132,48 @@ def _check_resumable(workdir: str, config: Config, tokenizer) -> None:
                        "pass a new --workdir")
 
 
+def _save_tokenizer_atomic(tokenizer, directory: str) -> None:
+  """Writes the tokenizer to a temporary folder, then swaps it in: an interrupt leaves the
+  old tokenizer or the new one, never a mix."""
+  parent = os.path.dirname(os.path.abspath(directory))
+  tmp = tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=parent)
+  try:
+    if os.path.isdir(directory):
+      try:
+        if load_tokenizer(directory).fingerprint == tokenizer.fingerprint:
+          return  # already the run's tokenizer (a resume): nothing to write
+      except (OSError, ValueError):
+        pass  # unreadable: replace it
+    tokenizer.save(tmp)
+    if os.path.isdir(directory):
+      old = directory + f".old-{os.getpid()}"
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, directory)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _write_run_files(workdir: str, config: Config, data: RunData) -> None:
   if jax.process_index() != 0:
     return
   checkpoint.save_config(workdir, config)
   write_json_atomic(os.path.join(workdir, store.DATA_FILE), data.info)
-  data.tokenizer.save(os.path.join(workdir, store.TOKENIZER_DIR))
+  _save_tokenizer_atomic(data.tokenizer, os.path.join(workdir, store.TOKENIZER_DIR))
   if data.template is not None:
     store.write_chat_template(workdir, data.template.to_dict())
+
+
+def _reference(config: Config, trainer: Trainer):
+  """On resume, the frozen reference a full fine-tune started from (DPO, GRPO with KL)."""
+  if not trainer.copies_reference:
+    return None
+  if not config.train.init_from:
+    return trainer.init(config.train.seed)[1]["reference"]
+  params, _, _ = store.restore_params(config.train.init_from, trainer.abstract_base_params)
+  return params
 
 
 def start_run(config: Config, workdir: str, mesh) -> Start:
@@ -114,23 +181,34 @@ def start_run(config: Config, workdir: str, mesh) -> Start:
   tokenizer = None
   if config.train.init_from:
     config, tokenizer = _base_model(config)
+  if config.train.objective == "distill" and config.distill.teacher:  # teacher's token ids
+    from train.objectives.distill import (  # pylint: disable=g-import-not-at-top
+        adapt_config, teacher_tokenizer)
+    tokenizer = teacher_tokenizer(config, tokenizer)
+    config = adapt_config(config)
   if config.peft.method == "prompt_tuning" and config.data.kind == "sft" and config.data.pack:
     logging.info("prompt tuning prepends the soft prompt to each row: packing turned off")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, pack=False))
-  data = build_run_data(config.data, tokenizer, seed=config.train.seed)
+  data = build_run_data(config.data, tokenizer, seed=config.train.seed, rl_config=config.rl,
+                        ppo=config.train.objective == "ppo")
+  if config.train.objective == "distill" and config.distill.method == "data":
+    from train.data.teacher_text import with_teacher_text  # pylint: disable=g-import-not-at-top
+    data = with_teacher_text(config, data, workdir, config.mesh)
   if tokenizer is None:
     config = fit_vocab_to_tokenizer(config, data.tokenizer.vocab_size)
+  data.info = dict(data.info, resume_fingerprint=data_fingerprint(
+      data.tokenizer, data.train, config.data.data or "embedded"))
   _check_resumable(workdir, config, data.tokenizer)
+  if store.checkpoint_steps(workdir):
+    _check_same_data(workdir, config, data.info["resume_fingerprint"])
   trainer = Trainer(config, mesh)
   trainer.check_batch_size()
-  manager = store.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
-  latest = manager.latest_step()
-  if latest is not None:
-    params, train_state = store.restore_train_state(
-        manager, latest, trainer.abstract_params, trainer.abstract_train_state())
-    state, frozen = trainer.resume(params, train_state)
+  if store.checkpoint_steps(workdir):
+    params, train_state, step = store.restore_train_state(
+        workdir, trainer.abstract_params, trainer.abstract_train_state())
+    state, frozen = trainer.resume(params, train_state, _reference(config, trainer))
     how = "resumed"
-    logging.info("resumed from %s at step %d", workdir, int(state.step))
+    logging.info("resumed from %s at step %d", workdir, step)
   elif config.train.init_from:
     base_params, base_step, n_bytes = store.restore_params(
         config.train.init_from, trainer.abstract_base_params)
@@ -141,5 +219,7 @@ def start_run(config: Config, workdir: str, mesh) -> Start:
   else:
     state, frozen = trainer.init(config.train.seed)
     how = "fresh"
+  # Only now, with the state restored or built, is anything in the run directory written.
+  manager = store.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
   _write_run_files(workdir, config, data)
   return Start(config, data, trainer, manager, state, frozen, how)

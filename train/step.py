@@ -7,8 +7,10 @@ and three jitted programs:
   eval_step(params, frozen, batch) -> (loss_sum, weight_sum, metric_sums)
 `state.params` is the trainable tree (all parameters for full fine-tuning, LoRA factors,
 adapters or the soft prompt otherwise) and the only one with optimizer state and
-gradients; `frozen["model"]` holds the rest of the model. Shardings come from the
-logical axis names on the parameters through `model.sharding`.
+gradients; `frozen["model"]` holds the rest of the model (QLoRA: quantized, model/quant.py)
+and an objective may add frozen trees of its own through `loss.load_frozen(mesh)` (the
+distillation teacher, `frozen["teacher"]`). Shardings come from the logical axis names on
+the parameters through `model.sharding`.
 """
 
 from typing import Any
@@ -19,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model import peft, sharding
+from model import peft, quant, sharding
 from model.peft import PeftConfig
+from model.reward_head import CRITIC_PARAMS, HEAD_PARAMS, PolicyWithValue, RewardModel
 from model.transformer import Transformer
 from train.config import Config
 from train.objectives import make_objective
@@ -50,14 +53,25 @@ def _abstract(boxed_tree, shardings):
                       nn.unbox(boxed_tree), shardings)
 
 
+def _drop_critic(params):
+  return {k: v for k, v in params.items() if k not in CRITIC_PARAMS}
+
+
 class Trainer:
   """Model + objective + optimizer + jitted programs for one config and mesh."""
 
   def __init__(self, config: Config, mesh: jax.sharding.Mesh):
     self.config = config
     self.mesh = mesh
-    self.model = Transformer(config.model, config.peft)
+    heads = {"reward": RewardModel, "value": PolicyWithValue}  # model/reward_head.py
+    self.model = heads.get(config.head, Transformer)(config.model, config.peft)
+    if config.model_quant != quant.QuantConfig():  # QAT, or QLoRA's quantized base
+      self.model = self.model.clone(quant=config.model_quant)
     self.objective = make_objective(config.train.objective, self.model, config)
+    # DPO / GRPO with KL: a full fine-tune keeps a frozen copy of its start as
+    # frozen["reference"]; a PEFT policy's reference is its frozen base (no copy).
+    self.copies_reference = (getattr(self.objective, "needs_reference", False)
+                             and config.peft.method == "full")
     self.optimizer = make_optimizer(config.train)
     self.schedule = learning_rate_schedule(config.train)
     with sharding.use_mesh(mesh):
@@ -65,20 +79,28 @@ class Trainer:
       base_boxed = jax.eval_shape(self._init_base_boxed, jax.random.key(0))
       state_boxed, frozen_boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
     self.params_shardings = sharding.tree_shardings(params_boxed, mesh)
-    self.abstract_params = _abstract(params_boxed, self.params_shardings)
+    # What a checkpoint's params item holds: the model without PPO's critic (the critic
+    # is training state, saved in the train_state item: see train_state_item).
+    full_abstract = _abstract(params_boxed, self.params_shardings)
+    self.abstract_params = _drop_critic(full_abstract)
+    self.abstract_critic = {k: full_abstract[k] for k in CRITIC_PARAMS if k in full_abstract}
     self.abstract_base_params = _abstract(
         base_boxed, sharding.tree_shardings(base_boxed, mesh))
     self.state_shardings = sharding.tree_shardings(state_boxed, mesh)
-    self.frozen_shardings = sharding.tree_shardings(frozen_boxed, mesh)
+    model_frozen_shardings = sharding.tree_shardings(frozen_boxed, mesh)
+    load_frozen = getattr(self.objective, "load_frozen", None)
+    self.extra_frozen = load_frozen(mesh) if load_frozen else {}  # e.g. {"teacher": params}
+    self.frozen_shardings = {**model_frozen_shardings,
+                             **jax.tree.map(lambda x: x.sharding, self.extra_frozen)}
     self.abstract_state = _abstract(state_boxed, self.state_shardings)
     self.batch_sharding = sharding.batch_sharding(mesh, 2)
     replicated = sharding.replicated(mesh)
     self._init = jax.jit(lambda rng: nn.unbox(self._init_boxed(rng)),
-                         out_shardings=(self.state_shardings, self.frozen_shardings))
+                         out_shardings=(self.state_shardings, model_frozen_shardings))
     self._init_params = jax.jit(lambda rng: nn.unbox(self._init_params_boxed(rng)),
                                 out_shardings=self.params_shardings)
     self._start = jax.jit(self._start_fn, in_shardings=(self.params_shardings,),
-                          out_shardings=(self.state_shardings, self.frozen_shardings))
+                          out_shardings=(self.state_shardings, model_frozen_shardings))
     self._train_step = jax.jit(
         self._train_step_fn,
         in_shardings=(self.state_shardings, self.frozen_shardings, self.batch_sharding),
@@ -114,6 +136,9 @@ class Trainer:
   def split(self, params):
     """Full parameter tree -> (trainable, frozen dict)."""
     trainable, frozen_model = peft.split(params, self.config.peft)
+    for name in HEAD_PARAMS:  # a reward head is trained whatever the PEFT method
+      if name in frozen_model:
+        trainable[name] = frozen_model.pop(name)
     return trainable, ({"model": frozen_model} if frozen_model else {})
 
   def _init_boxed(self, rng):
@@ -121,6 +146,8 @@ class Trainer:
 
   def _start_fn(self, params):
     trainable, frozen = self.split(params)
+    if self.copies_reference:  # a real copy: the trainable tree is donated every step
+      frozen = dict(frozen, reference=jax.tree.map(jnp.copy, _drop_critic(params)))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
                        opt_state=self.optimizer.init(trainable))
     return state, frozen
@@ -173,8 +200,12 @@ class Trainer:
 
   def init(self, seed: int):
     """A fresh run: (state, frozen) from random parameters."""
+    if self.config.model_quant.stored:
+      raise ValueError("peft.base_quant quantizes a trained base: pass --init_from=RUN_DIR "
+                       "of a float run")
     with sharding.use_mesh(self.mesh):
-      return self._init(jax.random.key(seed))
+      state, frozen = self._init(jax.random.key(seed))
+    return state, {**frozen, **self.extra_frozen}
 
   def init_from(self, base_params, seed: int):
     """A run that starts from `base_params` (a model without PEFT additions): PEFT
@@ -182,26 +213,58 @@ class Trainer:
     vocabulary rows), every other parameter is the base's."""
     with sharding.use_mesh(self.mesh):
       fresh = self._init_params(jax.random.key(seed))
+      if self.config.model_quant.stored:  # QLoRA: the float base becomes the int base
+        base_params = self._quantize_base(base_params)
       params = peft.graft(base_params, fresh)
       if self.config.peft.method == "prompt_tuning" and self.config.peft.prompt_init == "vocab":
         params = dict(params, soft_prompt=peft.soft_prompt_from_vocab(
             params, jax.random.key(seed + 1), self.config.peft.prompt_length))
       params = jax.tree.map(jax.device_put, params, self.params_shardings)
-      return self._start(params)
+      state, frozen = self._start(params)
+    return state, {**frozen, **self.extra_frozen}
 
-  def resume(self, params, train_state: dict):
-    """(state, frozen) from a checkpoint's full params and its {step, opt_state}."""
+  def _quantize_base(self, base_params):
+    """Float base params -> the int8 / int4 base of this model (no PEFT leaves)."""
+    q = self.config.model_quant
+    model = Transformer(self.config.model, PeftConfig(), q)
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), self._example_tokens()))
+    return jax.jit(lambda p: quant.quantize_params(p, target["params"], q))(base_params)
+
+  def resume(self, params, train_state: dict, reference=None):
+    """(state, frozen) from a checkpoint's full params and its {step, opt_state}; a full
+    fine-tune with a reference gets it back from `reference` (the --init_from params)."""
     trainable, frozen = self.split(params)
+    if self.copies_reference:
+      if reference is None:
+        raise ValueError("resuming a run whose objective needs its reference model: the "
+                         "reference (--init_from parameters) must be given")
+      frozen = dict(frozen, reference=reference)
+    if "critic" in train_state:
+      trainable = dict(trainable, **train_state["critic"])
     state = TrainState(step=train_state["step"], params=trainable,
                        opt_state=train_state["opt_state"])
-    return state, frozen
+    return state, {**frozen, **self.extra_frozen}
 
   def abstract_train_state(self) -> dict:
-    """What a checkpoint's train_state item holds: the step and the optimizer state."""
-    return {"step": self.abstract_state.step, "opt_state": self.abstract_state.opt_state}
+    """What a checkpoint's train_state item holds: the step and the optimizer state (and
+    PPO's critic)."""
+    item = {"step": self.abstract_state.step, "opt_state": self.abstract_state.opt_state}
+    return dict(item, critic=self.abstract_critic) if self.abstract_critic else item
+
+  def train_state_item(self, state: TrainState) -> dict:
+    """The train_state item of a checkpoint (matches abstract_train_state)."""
+    item = {"step": state.step, "opt_state": state.opt_state}
+    if self.abstract_critic:
+      item["critic"] = {k: state.params[k] for k in self.abstract_critic}
+    return item
 
   def full_params(self, state: TrainState, frozen):
-    return peft.combine(state.params, frozen["model"]) if frozen else state.params
+    """The policy's parameters: what is saved and decoded (PPO's critic left out)."""
+    return _drop_critic(self.model_params(state, frozen))
+
+  def model_params(self, state: TrainState, frozen):
+    """Every parameter the trained module applies with (PPO: the critic too)."""
+    return peft.combine(state.params, frozen["model"]) if "model" in frozen else state.params
 
   def train_step(self, state: TrainState, frozen, batch) -> tuple[TrainState, dict]:
     with sharding.use_mesh(self.mesh):

@@ -41,7 +41,11 @@ def get_tokenizer(data_config, corpus: corpus_lib.Corpus,
   final = os.path.join(root, "sp-" + tokenizer_cache_key(data_config, corpus)[:24])
   if os.path.exists(os.path.join(final, CONFIG_FILE)):
     logging.info("loading cached tokenizer %s", final)
-    return load_tokenizer(final)
+    try:
+      return load_tokenizer(final)
+    except (ValueError, OSError) as e:
+      logging.warning("cached tokenizer %s is damaged (%s): training it again", final, e)
+      shutil.rmtree(final, ignore_errors=True)
   train_docs, _ = corpus_lib.split_corpus(corpus, data_config.val_fraction)
   tokenizer = SentencePieceTokenizer.train(
       train_docs, vocab_size=data_config.sp_vocab_size, model_type=data_config.sp_model_type,

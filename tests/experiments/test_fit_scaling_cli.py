@@ -116,3 +116,10 @@ def test_report_without_smoke_flag_or_approach2():
   assert "WARNING" not in md and "Approach 2 could not run" in md
   assert "Skipped: Approach 2 needs >= 3 compute budgets" in md
   assert "## Approach 3" in md and "Converged" in md
+
+
+def test_duplicated_rows_are_an_error(tmp_path):
+  runs = make_runs()
+  path = write_csv(tmp_path / "dup.csv", runs + runs[:2])
+  with pytest.raises(ValueError, match="2 duplicated run"):
+    fit_scaling.fit_csv(path, **FAST)

@@ -211,3 +211,15 @@ def test_smoke_preset_end_to_end(tmp_path):
   results, missing = sweep.collect_results(str(tmp_path), shapes.plan_sweep(SMOKE))
   assert not missing and all(r["loss"] is not None and 0 < r["loss"] < 6 for r in results)
   print(f"smoke preset wall time: {time.perf_counter() - start:.0f} s")
+
+
+def test_a_changed_sweep_is_refused_before_its_plan_is_rewritten(tmp_path, runs):
+  workdir = str(tmp_path)
+  chinchilla.run_experiment(SMOKE, workdir, bootstrap=0, train_fn=FakeTrain(),
+                            shard_index=0, num_shards=4)
+  plan = open(os.path.join(workdir, "plan.json")).read()
+  changed = dataclasses.replace(SMOKE, lr_base=SMOKE.lr_base * 2)
+  with pytest.raises(ValueError, match="planned with other settings"):
+    chinchilla.run_experiment(changed, workdir, bootstrap=0, train_fn=FakeTrain(),
+                              shard_index=0, num_shards=4)
+  assert open(os.path.join(workdir, "plan.json")).read() == plan

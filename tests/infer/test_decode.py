@@ -164,3 +164,28 @@ def test_prompt_tuning_context_includes_soft_prompt(prompt_setup):
     decoder.score(params, [[1] * 40], [[2] * 20])
   out = decoder.generate(params, [[1] * 58], 4, sampling.make_sampling_params(1, "greedy"))
   assert len(out.tokens[0]) == 1
+
+
+def test_a_new_length_penalty_does_not_recompile_beam_search(setup):
+  decoder, params = setup
+  first = decoder.beam_search(params, PROMPTS[:1], 4, num_beams=2, length_penalty=1.0)
+  traces = decoder.trace_count
+  decoder.beam_search(params, PROMPTS[:1], 4, num_beams=2, length_penalty=0.3)
+  decoder.beam_search(params, PROMPTS[:1], 4, num_beams=2, length_penalty=-0.5)
+  assert decoder.trace_count == traces
+  again = decoder.beam_search(params, PROMPTS[:1], 4, num_beams=2, length_penalty=1.0)
+  assert again.tokens == first.tokens and again.scores == first.scores
+
+
+def test_each_row_gets_its_own_token_budget(setup):
+  """A short prompt batched with one near the context limit still gets all it asked for."""
+  decoder, params = setup
+  long_prompt = [(i % 40) + 1 for i in range(58)]  # room for 6 new tokens in max_len 64
+  short_prompt = [3, 4, 5]
+  greedy = lambda n: sampling.make_sampling_params(n, "greedy")
+  out = decoder.generate(params, [long_prompt, short_prompt], 12, greedy(2))
+  assert len(out.tokens[0]) == 6 and len(out.tokens[1]) == 12
+  assert out.finish_reasons == ["length", "length"]
+  alone = decoder.generate(params, [short_prompt], 12, greedy(1))
+  assert out.tokens[1] == alone.tokens[0]
+  assert out.tokens[1] == _greedy_reference(params, short_prompt, 12)

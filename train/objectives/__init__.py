@@ -12,9 +12,10 @@ gradient accumulation and packing never bias the loss. Metrics are reported as
 metric_sum / weight_sum.
 """
 
-from train.objectives import lm, sft
+from train.objectives import distill, dpo, grpo, lm, ppo, reward, sft
 
-OBJECTIVES = {"lm": lm.make, "sft": sft.make}
+OBJECTIVES = {"lm": lm.make, "sft": sft.make, "reward": reward.make, "dpo": dpo.make,
+              "grpo": grpo.make, "ppo": ppo.make, "distill": distill.make}
 
 
 def make_objective(name: str, model, config):

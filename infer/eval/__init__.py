@@ -1,0 +1,1 @@
+"""Evaluation with fixed weights: metrics, bootstrap, eval sets, runner, judge, agreement."""

@@ -1,0 +1,1 @@
+"""Reinforcement learning from rollouts: sampling with the current policy, rewards."""
