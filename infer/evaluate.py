@@ -6,6 +6,11 @@ r"""Evaluate a run (or any system's outputs): metrics with bootstrap intervals, 
   python -m infer.evaluate --workdir=RUN --perplexity --data=my_texts/ --out=OUT
   python -m infer.evaluate --predictions=outputs.jsonl --metrics=exact,f1,bleu --out=OUT
   python -m infer.evaluate --rerun=OUT/config.json --out=OUT2      # the same scores again
+  python -m infer.evaluate --workdir=RUN --suite=robustness --out=OUT  # perturbed prompts
+  python -m infer.evaluate --suite=robustness --write_set=robust.jsonl  # just write the set
+
+--suite=robustness (infer/eval/robustness.py) is the held-out split under named, deterministic
+perturbations; each row's slice is its perturbation, so per-slice scores show robustness.
 
 Writes OUT/scores.json ({metric: {"value", "low", "high", "n"}}, "slices", ...),
 OUT/examples.jsonl (per example or per window) and OUT/config.json (everything needed to rerun).
@@ -24,9 +29,12 @@ def define_flags():
   functions never clashes with another CLI's flags of the same name)."""
   flags.DEFINE_string("workdir", None, "Run directory of the model to evaluate.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-  flags.DEFINE_enum("suite", None, ["tasks"], "An embedded eval suite: the tasks' held-out split.")
-  flags.DEFINE_integer("n_per_task", 50, "Examples per task for --suite=tasks.")
-  flags.DEFINE_list("tasks", [], "Tasks for --suite=tasks (default: all).")
+  flags.DEFINE_enum("suite", None, ["tasks", "robustness"], "An embedded eval suite: the tasks' "
+                    "held-out split, as is ('tasks') or under perturbations ('robustness').")
+  flags.DEFINE_integer("n_per_task", 50, "Examples per task for --suite.")
+  flags.DEFINE_list("tasks", [], "Tasks for --suite (default: all).")
+  flags.DEFINE_string("write_set", None, "With --suite=robustness: write its eval set to this "
+                      "jsonl and stop (no model needed).")
   flags.DEFINE_string("data", None, "Eval-set jsonl (or, with --perplexity, text file/dir/glob).")
   flags.DEFINE_string("predictions", None, "Score this jsonl of {id, prediction, reference(s)}.")
   flags.DEFINE_string("compare", None, "With --predictions: a second system's jsonl; adds a "
@@ -159,7 +167,11 @@ def evaluate(config: dict) -> tuple[dict, list[dict], dict]:
     config["generation"] = gen
   if mode == "suite":
     suite = config["suite"]
-    rows = data_lib.suite_rows(suite["n_per_task"], suite["seed"], suite["tasks"])
+    if suite["name"] == "robustness":
+      from infer.eval import robustness
+      rows = robustness.suite_rows(suite["n_per_task"], suite["seed"], suite["tasks"])
+    else:
+      rows = data_lib.suite_rows(suite["n_per_task"], suite["seed"], suite["tasks"])
   else:
     rows = data_lib.read_eval_set(config["data"], config["slice_by"])
   rows = runner.generate(loaded, rows, runner.GenerationConfig.from_dict(gen))
@@ -171,6 +183,8 @@ def evaluate(config: dict) -> tuple[dict, list[dict], dict]:
 def run() -> dict:
   from infer.eval import scoring
 
+  if FLAGS.write_set:
+    return write_set()
   if FLAGS.rerun:
     with open(FLAGS.rerun) as f:
       config = json.load(f)
@@ -195,6 +209,18 @@ def run() -> dict:
       print(f"{name:>14}: {value}{bounds}  (n={s['n']})")
   print(f"wrote {out}/scores.json, examples.jsonl, config.json")
   return scores
+
+
+def write_set() -> dict:
+  """--write_set: the robustness suite's eval set as jsonl (for --data or other tools)."""
+  from infer.eval import robustness, tasks
+
+  if FLAGS.suite != "robustness":
+    raise ValueError("--write_set writes the generated robustness set; add --suite=robustness")
+  task_names = list(FLAGS.tasks) or list(tasks.TASK_NAMES)
+  n = robustness.write_set(FLAGS.write_set, FLAGS.n_per_task, FLAGS.seed, task_names)
+  print(f"wrote {n} rows to {FLAGS.write_set}")
+  return {"n": n}
 
 
 def _versions() -> dict:

@@ -4,6 +4,11 @@ r"""LLM-as-judge over candidate outputs, with any run directory as the judge.
       --rubric=rubrics/helpfulness.md --out=OUT
   python -m infer.judge --judge=runs/judge --candidates=a.jsonl --mode=pointwise \
       --rubric=rubrics/helpfulness.md --out=OUT
+  python -m infer.judge --judge=runs/rm --candidates=a.jsonl,b.jsonl --mode=pairwise --out=OUT
+
+A reward-model run (config.json head="reward") judges by reward instead (infer/eval/
+reward_judge.py): the higher reward wins (ties within --tie_margin); pointwise, the reward is
+the score. --rubric, --template and the generation flags do not apply to it.
 
 Candidates are jsonl rows {"id", "input" | "messages", "prediction"}; a system is named after
 its file. Pairwise judging asks both orders of every pair. Writes OUT/judgements.jsonl (one row
@@ -33,6 +38,8 @@ def define_flags():
                       "a name from model/chat.py.")
   flags.DEFINE_integer("bootstrap_samples", 1000, "Bootstrap resamples.")
   flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+  flags.DEFINE_float("tie_margin", 0.0, "Reward-model judge: a pair whose rewards differ by "
+                     "less than this is a tie (0 = only equal rewards).")
 
 
 def _system_names(paths) -> list[str]:
@@ -45,8 +52,7 @@ def _system_names(paths) -> list[str]:
 def run() -> dict:
   from infer.eval import data as data_lib
   from infer.eval import judge as judge_lib
-  from infer.eval import runner, scoring
-  from infer.loading import load_model
+  from infer.eval import reward_judge, runner
 
   if not FLAGS.judge:
     raise ValueError("give --judge=RUN_DIR, the run directory of the judge model")
@@ -57,6 +63,8 @@ def run() -> dict:
   if len(paths) < needed:
     raise ValueError(f"--mode={FLAGS.mode} needs at least {needed} --candidates file(s), got "
                      f"{len(paths)}")
+  if reward_judge.is_reward_run(FLAGS.judge):
+    return _run_reward(paths)
   rubric_path = FLAGS.rubric or os.path.join(judge_lib.RUBRICS_DIR, "helpfulness.md")
   template_path = FLAGS.template or os.path.join(judge_lib.RUBRICS_DIR, f"{FLAGS.mode}.md")
   rubric = judge_lib.read_rubric(rubric_path)
@@ -67,6 +75,7 @@ def run() -> dict:
   generation = runner.GenerationConfig(max_new_tokens=FLAGS.max_new_tokens,
                                        batch_size=FLAGS.batch_size,
                                        template=FLAGS.chat_template)
+  from infer.loading import load_model
   loaded = load_model(FLAGS.judge)
   judge_fn = judge_lib.model_judge(loaded, generation)
   if FLAGS.mode == "pairwise":
@@ -84,6 +93,29 @@ def run() -> dict:
                 rubric=os.path.abspath(rubric_path), template=os.path.abspath(template_path),
                 generation=generation.to_dict(),
                 bootstrap=dict(samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))
+  return _report(rows, scores, config)
+
+
+def _run_reward(paths) -> dict:
+  """The reward-model judge (infer/eval/reward_judge.py) over the same candidates."""
+  from infer.eval import data as data_lib
+  from infer.eval import reward_judge
+
+  candidates = {name: data_lib.read_predictions(path, require_reference=False)
+                for name, path in zip(_system_names(paths), paths)}
+  scorer = reward_judge.load_scorer(FLAGS.judge)
+  rows, scores, extra = reward_judge.run(scorer, FLAGS.mode, candidates, FLAGS.tie_margin,
+                                         FLAGS.bootstrap_samples, FLAGS.seed)
+  config = dict(mode=FLAGS.mode, judge=os.path.abspath(FLAGS.judge),
+                step=None if getattr(scorer, "step", None) is None else int(scorer.step), **extra,
+                candidates={n: os.path.abspath(p) for n, p in zip(candidates, paths)},
+                candidates_sha256={n: data_lib.file_digest(p) for n, p in zip(candidates, paths)},
+                bootstrap=dict(samples=FLAGS.bootstrap_samples, seed=FLAGS.seed))
+  return _report(rows, scores, config)
+
+
+def _report(rows, scores, config) -> dict:
+  from infer.eval import scoring
   scoring.write_jsonl(os.path.join(FLAGS.out, "judgements.jsonl"), rows)
   scoring.write_json(os.path.join(FLAGS.out, "scores.json"), scores)
   scoring.write_json(os.path.join(FLAGS.out, "config.json"), config)

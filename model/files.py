@@ -29,3 +29,27 @@ def write_json_atomic(path: str, payload) -> None:
 
 def save_npy_atomic(path: str, array: np.ndarray) -> None:
   _write_atomic(path, ".npy", "wb", lambda f: np.save(f, array))
+
+
+def read_jsonl_objects(path: str, what: str, example: str) -> list[tuple[str, object]]:
+  """(where, parsed value) per non-blank line of a jsonl file, where = "line N of PATH".
+
+  A missing file, invalid JSON or an empty file is an error naming the file (and line) and
+  what the file should hold (`what`, e.g. "SFT rows"; `example`, one valid line).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file; pass a .jsonl file of {what}")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"line {line_no} of {path}"
+      try:
+        rows.append((where, json.loads(line)))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON "
+                         "object per line") from None
+  if not rows:
+    raise ValueError(f"{path} has no rows; add lines like {example}")
+  return rows

@@ -3,25 +3,14 @@ bit-identical, QLoRA on an int4 base, and logit distillation, on tiny configs.""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.cli_runner import last_json_line, run_module
 
 
-def _run(args, check=True, timeout=600):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  return proc
-
-
-def _summary(proc) -> dict:
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+_run = run_module
+_summary = last_json_line
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,8 @@ class TrainConfig:
   task_eval_examples: int = 0  # held-out examples decoded per task at eval (0 = off)
   task_eval_tokens: int = 24  # max new tokens per task answer
   accept_data_change: bool = False  # resume even if the data or tokenizer changed since
+  eval_set: str = ""  # an infer.evaluate eval-set jsonl scored every eval_every steps
+  eval_set_metrics: str = "exact,f1"  # infer/eval/metrics.py names, comma-separated
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:

@@ -14,7 +14,7 @@ from absl import logging
 
 from model import flops, sharding, store
 from model.run_lock import RunLock
-from train import checkpoint, hardware, run_setup
+from train import checkpoint, eval_set, hardware, run_setup
 from train.config import Config
 from train.step import Trainer
 
@@ -165,6 +165,7 @@ def _train(config: Config, workdir: str, stop_at_step: int | None) -> dict:
             "workdir": workdir}
   param_info = _log_trainable(trainer, state, frozen)
   task_eval = _task_evaluator(config, start.data, trainer)
+  set_eval = eval_set.make_evaluator(config, start.data, trainer)
 
   train_config = config.train
   seq_len = config.data.seq_len
@@ -236,6 +237,8 @@ def _train(config: Config, workdir: str, stop_at_step: int | None) -> dict:
                        eval_metrics["val_loss"], eval_metrics["val_perplexity"])
         if task_eval:
           eval_metrics.update(task_eval(state, frozen))
+        if set_eval:
+          eval_metrics.update(set_eval(state, frozen))
         metrics_log.write(dict(eval_metrics, step=step))
         interval_start, interval_steps = time.perf_counter(), 0
       if step % train_config.checkpoint_every == 0 or last or stop.signal:
@@ -261,6 +264,8 @@ def _train(config: Config, workdir: str, stop_at_step: int | None) -> dict:
                    eval_metrics["val_tokens"])
     if task_eval:
       eval_metrics.update(task_eval(state, frozen))
+    if set_eval:
+      eval_metrics.update(set_eval(state, frozen))
     metrics_log.write(dict(eval_metrics, step=step, final=True))
     summary.update(eval_metrics)
   summary.update(param_info, how=start.how)

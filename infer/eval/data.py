@@ -8,13 +8,13 @@ An eval row is {"id", "input" | "messages", "reference" | "references", "metadat
 
 import glob
 import hashlib
-import json
 import os
 import re
 from typing import Callable, Sequence
 
 from infer.eval import tasks
 from model import chat
+from model.files import read_jsonl_objects
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -63,25 +63,10 @@ def file_digest(path: str) -> str:
 
 def read_jsonl(path: str) -> list[tuple[str, dict]]:
   """(where, object) per non-blank line; invalid JSON is an error naming file and line."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such file; pass a .jsonl file with one JSON object "
-                            "per line")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON "
-                         "object per line") from None
-      if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-      rows.append((where, obj))
-  if not rows:
-    raise ValueError(f"{path} has no rows")
+  rows = read_jsonl_objects(path, "JSON objects, one per line", '{"id": "1", ...}')
+  for where, obj in rows:
+    if not isinstance(obj, dict):
+      raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
   return rows
 
 

@@ -231,3 +231,21 @@ def test_packed_rows_give_the_same_loss_and_gradients_as_examples_one_by_one():
   assert loss_p == pytest.approx(loss_a, rel=1e-5)
   for x, y in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_a)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=1e-4)
+
+
+def test_a_user_eval_set_is_scored_during_training(base_run, tmp_path):
+  """--config.train.eval_set: every eval_every steps and at the end, in metrics.jsonl."""
+  import json
+  rows = [{"id": f"r{i}", "input": f"What is {i} + 1?", "reference": str(i + 1),
+           "slice": "small" if i < 3 else "large"} for i in range(6)]
+  path = tmp_path / "eval.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  summary = _sft(tmp_path / "run", base_run, ("train.eval_set", str(path)),
+                 ("train.eval_set_metrics", "exact,f1,chrf"))
+  assert 0.0 <= summary["eval_set/exact"] <= 1.0 and "eval_set/chrf" in summary
+  assert "eval_set/slice=small/exact" in summary  # slices named as infer.evaluate names them
+  records = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert any("eval_set/f1" in r for r in records if not r.get("final"))
+  with pytest.raises(ValueError, match="bogus"):
+    _sft(tmp_path / "bad", base_run, ("train.eval_set", str(path)),
+         ("train.eval_set_metrics", "exact,bogus"))

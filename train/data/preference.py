@@ -15,7 +15,6 @@ row i of one pairing with row i of the other, plus `margin` [B, 1] (batch arrays
 the batch sharding splits their first axis).
 """
 
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from model import chat
+from model.files import read_jsonl_objects
 from train.data import sft
 from train.data import tasks as tasks_lib
 from train.dataset import TokenDataset
@@ -83,25 +83,10 @@ def normalize_pair(obj, where: str = "row") -> dict:
 
 def read_jsonl(path: str) -> list[dict]:
   """Pairs of a preference jsonl (blank lines skipped); errors name the file and line."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such file; pass a .jsonl of preference pairs, or an "
-                            "empty data path for the embedded pairs")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"line {line_no} of {path}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON "
-                         "object per line") from None
-      rows.append(normalize_pair(obj, where))
-  if not rows:
-    raise ValueError(f"{path} has no rows; add lines like "
-                     '{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}')
-  return rows
+  lines = read_jsonl_objects(
+      path, "preference pairs (or an empty data path for the embedded pairs)",
+      '{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}')
+  return [normalize_pair(obj, where) for where, obj in lines]
 
 
 # -- embedded pairs ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from model import chat
+from model.files import read_jsonl_objects
 from train.data import packing
 from train.data import tasks as tasks_lib
 from train.dataset import TokenDataset
@@ -59,25 +60,9 @@ def normalize_row(obj, where: str = "row") -> dict:
 
 def read_jsonl(path: str) -> list[dict]:
   """Rows of an SFT jsonl file (blank lines skipped), each checked by `normalize_row`."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such file; pass a .jsonl file of SFT rows, or an "
-                            "empty data path for the embedded tasks")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"line {line_no} of {path}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno}); write one JSON "
-                         "object per line") from None
-      rows.append(normalize_row(obj, where))
-  if not rows:
-    raise ValueError(f"{path} has no rows; add lines like "
-                     '{"prompt": "What is 2 + 2?", "response": "4"}')
-  return rows
+  lines = read_jsonl_objects(path, "SFT rows (or an empty data path for the embedded tasks)",
+                             '{"prompt": "What is 2 + 2?", "response": "4"}')
+  return [normalize_row(obj, where) for where, obj in lines]
 
 
 def row_messages(row: Mapping) -> list[dict]:

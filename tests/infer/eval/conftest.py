@@ -1,25 +1,11 @@
 """One tiny trained run (byte tokenizer, d_model 32, 1 layer, 2 steps) shared by this folder."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))))
-
-
-def run_module(args, check=True, timeout=300):
-  """`python -m args...` from the repository root on one CPU device."""
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  return proc
+from tests.cli_runner import run_module
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import json
 import pytest
 import sacrebleu
 
-from tests.infer.eval.conftest import run_module
+from tests.cli_runner import run_module
 
 
 def _scores(out):
@@ -85,7 +85,7 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path):
   proc = run_module(["infer.evaluate", f"--predictions={bad}", f"--out={tmp_path / 'o'}"],
                     check=False)
   assert proc.returncode == 1
-  assert f"evaluate: error: {bad}:2: add 'prediction'" in proc.stderr
+  assert f"evaluate: error: line 2 of {bad}: add 'prediction'" in proc.stderr
   assert not (tmp_path / "o").exists()
 
 

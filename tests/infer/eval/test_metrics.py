@@ -116,14 +116,14 @@ def test_processing_steps_are_named_and_versioned():
 def test_bad_jsonl_names_file_and_line(tmp_path):
   path = tmp_path / "e.jsonl"
   path.write_text('{"id": 1, "input": "q", "reference": "a"}\n\n{"id": 2, "input": \n')
-  with pytest.raises(ValueError, match=rf"{path}:3: invalid JSON"):
+  with pytest.raises(ValueError, match=rf"line 3 of {path}: invalid JSON"):
     data.read_eval_set(str(path))
   path.write_text('{"id": 1, "input": "q"}\n')
-  with pytest.raises(ValueError, match=rf"{path}:1: add 'reference'"):
+  with pytest.raises(ValueError, match=rf"line 1 of {path}: add 'reference'"):
     data.read_eval_set(str(path))
   path.write_text('{"id": 1, "prediction": "x", "reference": "a"}\n'
                   '{"id": 1, "prediction": "y", "reference": "a"}\n')
-  with pytest.raises(ValueError, match=rf"{path}:2: duplicate id"):
+  with pytest.raises(ValueError, match=rf"line 2 of {path}: duplicate id"):
     data.read_predictions(str(path))
 
 
