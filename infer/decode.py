@@ -60,6 +60,7 @@ class Decoder:
     self.config = config
     self.mesh = mesh
     self.peft = peft
+    self.quant = quant
     self.n_prompt = peft.n_prompt  # soft-prompt slots at the front of every cache row
     self.model = Transformer(config, peft, quant)  # quant: int8 / int4 params decode as such
     self.trace_count = 0  # incremented on every (re)trace; tests check it stays put

@@ -12,9 +12,10 @@ import time
 
 from absl import logging
 
+from infer.decode import Decoder
 from infer.eval import data as eval_data
 from infer.eval import runner, scoring
-from infer.loading import LoadedModel
+from train.task_eval import training_view
 
 
 def make_evaluator(config, data, trainer):
@@ -27,16 +28,12 @@ def make_evaluator(config, data, trainer):
   scoring.score_rows([dict(rows[0], prediction="")], names, n_samples=0)  # unknown names fail now
   generation = runner.GenerationConfig(max_new_tokens=config.train.task_eval_tokens,
                                        template=data.template.name if data.template else "raw")
-  decoder = None
+  decoder = Decoder(config.model, trainer.mesh, config.peft, config.model_quant)
 
   def evaluate(state, frozen) -> dict:
-    nonlocal decoder
     start = time.perf_counter()
-    loaded = LoadedModel(model_config=config.model, peft=config.peft, tokenizer=data.tokenizer,
-                         params=trainer.full_params(state, frozen), mesh=trainer.mesh,
-                         workdir="", step=int(state.step), chat_template=data.template,
-                         quant=config.model_quant)
-    decoder = decoder or runner.make_decoder(loaded)
+    loaded = training_view(decoder, trainer.full_params(state, frozen), data.tokenizer,
+                           data.template, step=int(state.step))
     predicted = runner.generate(loaded, rows, generation, decoder)
     scores, _ = scoring.score_rows(predicted, names, n_samples=0)
     result = {f"eval_set/{name}": value["value"] for name, value in scores.items()

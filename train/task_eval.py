@@ -8,9 +8,9 @@ embedded set does not know is scored by exact match of the normalised text
 
 import numpy as np
 
-from infer import sampling
 from infer.decode import Decoder
-from model.chat import encode_prompt
+from infer.eval import runner
+from infer.loading import LoadedModel
 from train.data import tasks as tasks_lib
 from train.data.sft import reference_answer, row_messages
 
@@ -21,29 +21,26 @@ def _score(row, prediction: str) -> float:
   return tasks_lib.score(row.get("task", "data"), prediction, reference_answer(row))
 
 
+def training_view(decoder: Decoder, params, tokenizer, template, step: int = 0) -> LoadedModel:
+  """The model being trained, seen as a loaded run, for infer.eval's runner."""
+  return LoadedModel(model_config=decoder.config, peft=decoder.peft, tokenizer=tokenizer,
+                     params=params, mesh=decoder.mesh, workdir="", step=step,
+                     chat_template=template, quant=decoder.quant)
+
+
 def generate_answers(decoder: Decoder, params, tokenizer, template, rows,
                      max_new_tokens: int) -> list[str]:
   """Greedy completions (text up to EOS, cut at the turn end) for every row's prompt,
-  encoded exactly as the prompt part of a training example."""
-  prompts = [encode_prompt(tokenizer, template, row_messages(row)[:-1]) for row in rows]
-  # Keep the end of an over-long prompt (its question) so that the answer fits the context.
+  encoded exactly as the prompt part of a training example (infer.eval's runner: an
+  over-long prompt keeps its end, so that the answer fits the context)."""
   room = decoder.config.max_len - decoder.n_prompt - max_new_tokens
   if room < 1:
     raise ValueError(f"task_eval_tokens={max_new_tokens} leaves no room for a prompt in the "
                      f"context of {decoder.config.max_len}; lower --config.train.task_eval_tokens")
-  prompts = [p[-room:] for p in prompts]
-  answers = []
-  for start in range(0, len(prompts), CHUNK):
-    chunk = prompts[start:start + CHUNK]
-    padded = chunk + [chunk[-1]] * (CHUNK - len(chunk))
-    params_sampling = sampling.make_sampling_params(len(padded), "greedy")
-    out = decoder.generate(params, padded, max_new_tokens, params_sampling,
-                           eos_id=tokenizer.eos_id)
-    for tokens in out.tokens[:len(chunk)]:
-      if tokens and tokens[-1] == tokenizer.eos_id:
-        tokens = tokens[:-1]
-      answers.append(template.cut_reply(tokenizer.decode(tokens)))
-  return answers
+  prompts = [{"messages": row_messages(row)[:-1]} for row in rows]
+  generation = runner.GenerationConfig(max_new_tokens=max_new_tokens, batch_size=CHUNK)
+  loaded = training_view(decoder, params, tokenizer, template)
+  return [r["prediction"] for r in runner.generate(loaded, prompts, generation, decoder)]
 
 
 def evaluate_tasks(decoder: Decoder, params, tokenizer, template, rows,
