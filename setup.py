@@ -22,9 +22,13 @@ setup(
         "matplotlib>=3.8",
         "sacrebleu>=2.4",
         "rouge-score>=0.1.2",
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # Hugging Face conversion tests and parity checks; torch is only needed here.
+        "hf": ["torch>=2.1", "transformers>=4.45"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch>=2.1", "transformers>=4.45"],
         "gpu": ["jax[cuda12]>=0.7"],
         "tpu": ["jax[tpu]>=0.7"],
     },
