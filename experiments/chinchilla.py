@@ -6,11 +6,17 @@ trains every run of the preset's sweep (WORKDIR/runs/<id>, resumable; rerun the 
 after an interruption), then fits the three Chinchilla approaches and writes report.md, PNG
 plots, results.csv (every run) and runs.csv / analysis.json (the fitted runs) into DIR.
 
-Presets: smoke (2-3 CPU minutes, exercises every step, meaningless numbers), cpu (~30 min on
-2 CPU cores, byte tokenizer), gpu (one H100/H200 in ~20 min, bf16; its budgets need far more
-than the embedded corpus's ~12M tokens: pass --data=YOUR_CORPUS). Flags override the
+Presets: smoke (2-3 CPU minutes, exercises every step, meaningless numbers), cpu (~35 min on
+2 idle CPU cores, byte tokenizer, 1.5 decades of compute, 2 seeds on the 3 smallest
+budgets), gpu (one H100/H200 in ~20 min, bf16; its budgets need far more than the embedded
+corpus's ~12M tokens: pass --data=YOUR_CORPUS). Flags override the
 budgets, model grid, tokenizer, sequence length and schedule, e.g.
   --budgets=1e11,3e11,1e12 --d_models=32,64,96,128 --seq_len=256 --lr_base=2e-3
+
+--seeds=K trains every point with K seeds (averaged; the bootstrap redraws them). --predict=4,16
+then trains the fit's compute-optimal model at 4x and 16x the largest budget plus one run
+mis-sized by --mis_size, and reports predicted vs achieved loss (experiments/scaling/
+extrapolate.py); rerunning skips finished runs.
 
 Several machines: --shard_index=i --num_shards=k trains runs with index % k == i; once all
 shards are done (shared DIR, or runs/ copied together) --analyze_only writes the report.
@@ -28,10 +34,14 @@ from absl import app, flags, logging
 from experiments.scaling import shapes as shapes_lib
 from experiments.scaling import sweep as sweep_lib
 from experiments.scaling.shapes import SweepSpec
+from experiments.scaling.sweep_report import write_chinchilla_report
 from model.config import ModelConfig
 from train.config import DataConfig
 
 PRESETS = ("smoke", "cpu", "gpu")
+# cpu preset: 1.5 decades of compute, 7 widths per budget from this grid (see chinchilla_preset).
+CPU_BUDGETS = (7.5e10, 1.8e11, 4.3e11, 1.0e12, 2.4e12)
+CPU_WIDTHS = (8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 72, 80, 88, 96, 112, 128)
 FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
                           "--xla_llvm_disable_expensive_passes=true")
 
@@ -39,14 +49,20 @@ FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
 def chinchilla_preset(name: str) -> SweepSpec:
   """The sweep of each preset.
 
-  cpu: sized on this repository's 2-core CPU machine (quiet): 0.2M tokens/s for l1d16 down to
-  10k tokens/s (~27 GFLOP/s) for l3d96, 5-8 s of compilation per run, so 27 runs (5 budgets x
-  5 shapes + 2 LR checks, 2.3e13 FLOPs) take ~23 min plus ~0.5 min of analysis. The budgets
-  are boxed in by the corpus above (the largest run reads 96% of the 11.8M training tokens
-  once) and by the smallest sensible model below (l1d16, 12k parameters, 72% embeddings).
-  Batches are 8 x 128 tokens because these budgets are step-limited: in a pilot at 2.5e11
-  FLOPs, l2d48's held-out loss was 2.74 / 2.45 / 2.29 / 1.87 / 1.88 at batch 64 / 32 / 16 / 8
-  / 4 (same tokens), and the LR rule's value beat x0.5 and x2.
+  cpu: 5 budgets over 1.5 decades (7.5e10-2.4e12 FLOPs), 7 widths per budget spanning ~12x
+  around 25 tokens/parameter (the first sweep's optimum was 35-40 at 2e12, so the grid leans
+  toward it), lr_base 1.5e-3 (what the first sweep's LR check asked for; the check is repeated
+  at the smallest and the largest budget), 2 seeds on the 3 smallest budgets (seed noise for
+  the bootstrap at ~5 min extra). Budgets are boxed in by the corpus above (the largest
+  budget's smallest model reads 98% of the 11.8M training tokens once) and by the smallest
+  model below (l1d12, 8k parameters). Wall time, estimated from the first sweep's measured
+  throughput on this 2-core machine when quiet (15 GFLOP/s at 1e4 parameters, 26 at >= 4e4,
+  6 s compile/eval per run): 60 runs, ~33 min of training plus ~2 min of analysis. Batches
+  are 8 x 128 tokens because these budgets are step-limited: in a pilot at 2.5e11 FLOPs,
+  l2d48's held-out loss was 2.74 / 2.45 / 2.29 / 1.87 / 1.88 at batch 64 / 32 / 16 / 8 / 4
+  (same tokens). The first sweep's settings (27 runs, 0.9 decades): --budgets=2.5e11,4.2e11,
+  7e11,1.2e12,2e12 --shapes_per_budget=5 --spread=16 --tokens_per_param=20 --seeds=1
+  --lr_base=3e-3 --d_models=16,24,32,40,48,56,64,80,96,112,128,160.
   gpu: not run here. 1.25e17 FLOPs; at 150-200 TFLOP/s achieved (15-20% bf16 MFU at these
   widths) ~12 min of training plus ~20 s of compilation per run: ~20 min on one H100. Its
   runs read up to 5.8e8 tokens, far beyond the embedded corpus: pass --data.
@@ -59,10 +75,12 @@ def chinchilla_preset(name: str) -> SweepSpec:
         tokens_per_param=2.0)
   if name == "cpu":
     return SweepSpec(
-        name="cpu", budgets=(2.5e11, 4.2e11, 7e11, 1.2e12, 2e12),
-        d_models=(16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160), aspect=32, head_dim=16,
+        name="cpu", budgets=CPU_BUDGETS, d_models=CPU_WIDTHS, aspect=32, head_dim=16,
         data=DataConfig(tokenizer="byte", seq_len=128), batch_size=8, min_batch_size=8,
-        min_steps=100, shapes_per_budget=5, eval_windows=512, checkpoints_per_run=2)
+        min_steps=100, shapes_per_budget=7, spread=12.0, tokens_per_param=25.0,
+        eval_windows=512, checkpoints_per_run=2, lr_base=1.5e-3,
+        lr_check_budgets=(CPU_BUDGETS[0], CPU_BUDGETS[-1]), seeds=2,
+        seed_budgets=CPU_BUDGETS[:3])
   if name == "gpu":
     return SweepSpec(
         name="gpu", budgets=(1e15, 2.5e15, 6e15, 1.5e16),
@@ -82,7 +100,7 @@ FLAGS = flags.FLAGS
 _SPEC_FLAGS = ("aspect", "head_dim", "shapes_per_budget", "spread", "tokens_per_param",
                "batch_size", "min_batch_size", "min_steps", "lr_base", "lr_ref_width",
                "lr_width_exponent", "lr_floor", "warmup_fraction", "warmup_tokens_per_param",
-               "eval_windows")
+               "eval_windows", "seeds")
 
 
 def define_flags() -> None:
@@ -116,6 +134,12 @@ def define_flags() -> None:
                      "Warmup length in tokens per parameter (~1: N tokens).")
   flags.DEFINE_list("lr_check", None, "LR multipliers tried on the smallest budget's middle "
                     "shape; 'none' disables.")
+  flags.DEFINE_list("lr_check_budgets", None, "Budgets whose middle shape gets the LR check "
+                    "(default: the preset's; the smallest budget if it sets none).")
+  flags.DEFINE_integer("seeds", None, "Seeds per sweep point (init and data order); the "
+                       "analysis averages them and the bootstrap redraws them.")
+  flags.DEFINE_list("seed_budgets", None, "Budgets that get the extra seeds (default: the "
+                    "preset's; 'all' for every budget).")
   flags.DEFINE_integer("eval_windows", None, "Validation windows every run is evaluated on.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype.")
   flags.DEFINE_integer("shard_index", 0, "This machine's shard (runs with index % k == i).")
@@ -127,6 +151,12 @@ def define_flags() -> None:
   flags.DEFINE_bool("allow_repeated_tokens", False,
                     "Warn instead of failing when a run needs more than one epoch.")
   flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples for the intervals.")
+  flags.DEFINE_list("predict", None, "After the fit, train and score the predicted "
+                    "compute-optimal model at these multiples of the largest budget, e.g. 4,16 "
+                    "(plus one run mis-sized by --mis_size at the first).")
+  flags.DEFINE_enum("predict_approach", "approach3", ["approach1", "approach2", "approach3"],
+                    "The approach whose N_opt sizes the prediction runs.")
+  flags.DEFINE_float("mis_size", 4.0, "How far (factor in N) the mis-sized run is off.")
   flags.DEFINE_bool("fast_compile", None,
                     "Cheaper XLA compilation, slower steps (default: smoke only).")
 
@@ -138,8 +168,8 @@ def _floats(values, name):
     raise ValueError(f"--{name} must be a comma-separated list of numbers, got {values}") from None
 
 
-OVERRIDE_FLAGS = ("budgets", "d_models", "lr_check", "seq_len", "data", "tokenizer",
-                  "sp_vocab_size", "dtype") + _SPEC_FLAGS
+OVERRIDE_FLAGS = ("budgets", "d_models", "lr_check", "lr_check_budgets", "seed_budgets",
+                  "seq_len", "data", "tokenizer", "sp_vocab_size", "dtype") + _SPEC_FLAGS
 
 
 def apply_overrides(spec: SweepSpec, values: dict) -> SweepSpec:
@@ -149,6 +179,20 @@ def apply_overrides(spec: SweepSpec, values: dict) -> SweepSpec:
     changes["budgets"] = _floats(values.get("budgets"), "budgets")
   if values.get("d_models"):
     changes["d_models"] = tuple(int(float(d)) for d in values.get("d_models"))
+  if values.get("lr_check_budgets"):
+    changes["lr_check_budgets"] = _floats(values.get("lr_check_budgets"), "lr_check_budgets")
+  elif "budgets" in changes:  # the preset's LR-check budgets that are still swept
+    changes["lr_check_budgets"] = tuple(b for b in spec.lr_check_budgets
+                                        if b in changes["budgets"])
+  seed_budgets = values.get("seed_budgets")
+  if seed_budgets and [str(v).lower() for v in seed_budgets] == ["all"]:
+    changes["seed_budgets"] = ()
+  elif seed_budgets:
+    changes["seed_budgets"] = _floats(seed_budgets, "seed_budgets")
+  elif "budgets" in changes and spec.seed_budgets:  # keep the preset's that are still swept
+    changes["seed_budgets"] = tuple(b for b in spec.seed_budgets if b in changes["budgets"])
+    if not changes["seed_budgets"] and values.get("seeds") is None:
+      changes["seeds"] = 1
   if values.get("lr_check") is not None:
     changes["lr_check"] = _floats([v for v in values.get("lr_check") if str(v).lower() != "none"],
                                   "lr_check")
@@ -213,166 +257,17 @@ def estimate(runs, workdir: str) -> dict | None:
   return {"total_s": total, "per_run_s": per_run, "speeds": speeds}
 
 
-def _lr_check(results) -> dict | None:
-  checks = [r for r in results if r["kind"] == "lr_check"]
-  if not checks:
-    return None
-  budget, shape = checks[0]["budget"], checks[0]["shape"]
-  base = [r for r in results if r["kind"] == "isoflop" and r["budget"] == budget
-          and r["shape"] == shape]
-  rows = sorted(base + checks, key=lambda r: r["lr_multiplier"])
-  finite = [r for r in rows if r["loss"] is not None]
-  out = {"budget": budget, "shape": shape,
-         "runs": [{"multiplier": r["lr_multiplier"], "lr": r["learning_rate"], "loss": r["loss"]}
-                  for r in rows]}
-  if not base or base[0]["loss"] is None or not finite:
-    out["verdict"] = "incomplete: the chosen-LR run has no finite loss"
-    return out
-  best = min(finite, key=lambda r: r["loss"])
-  gap = base[0]["loss"] - best["loss"]
-  out.update(best_multiplier=best["lr_multiplier"], gap=gap, chosen_is_best=gap <= 0)
-  if gap <= 0:
-    out["verdict"] = "the chosen LR (x1) gives the lowest loss of the three"
-  else:
-    out["verdict"] = (f"x{best['lr_multiplier']:g} beats the chosen LR by {gap:.4f} nats "
-                      f"({100 * gap / best['loss']:.2f}%); consider --lr_base="
-                      f"{best['lr_multiplier'] * base[0]['learning_rate']:.3g} scaled to "
-                      "the reference width")
-  return out
-
-
-def _sweep_checks(analysis: dict) -> list:
-  """Plain statements for the success criteria: minima in range, N_opt growing, a vs 0.5."""
-  out = []
-  a2 = analysis.get("approach2", {})
-  budgets = a2.get("budgets") or []
-  if budgets:
-    out.append(f"IsoFLOP minima inside the sampled N range: {a2['n_vertex_in_range']}/"
-               f"{a2['n_budgets']} budgets (upward parabolas: {a2['n_upward']}).")
-    n_opt = [b["N_opt"] for b in budgets]
-    grows = all(n is not None for n in n_opt) and all(
-        b > a for a, b in zip(n_opt, n_opt[1:]))
-    out.append("N_opt grows with C: " + ("yes" if grows else "NO") + " (" + ", ".join(
-        f"{b['C']:.3g}: {'n/a' if b['N_opt'] is None else format(b['N_opt'], '.3g')}"
-        for b in budgets) + ").")
-  for name in ("approach1", "approach2", "approach3"):
-    s = analysis.get(name, {})
-    if s.get("a") is None:
-      continue
-    iv = (s.get("bootstrap") or {}).get("a")
-    if iv:
-      where = "contains" if iv[0] <= 0.5 <= iv[1] else "excludes"
-      out.append(f"{name}: a = {s['a']:.3f}, interval [{iv[0]:.3f}, {iv[1]:.3f}] {where} 0.5.")
-    else:
-      out.append(f"{name}: a = {s['a']:.3f} (no interval).")
-  return out
-
-
-def _fmt(x, spec=".4g"):
-  return "n/a" if x is None else format(x, spec)
-
-
-def design_lines(spec: SweepSpec, data_info: dict | None) -> list:
-  lines = [
-      f"- N: total parameters incl. embeddings (active parameters for MoE); FLOPs per token: "
-      f"model/flops.py exact count (fwd+bwd, attention incl., seq_len {spec.seq_len}); a run's "
-      f"compute = steps x batch x seq_len x FLOPs/token, within {100 * spec.tolerance:g}% of C.",
-      f"- Family: d_model in {list(spec.d_models)}, n_layers = round(d_model/{spec.aspect}), "
-      f"head dim {spec.head_dim}, SwiGLU FFN ~8/3 d, vocab {spec.base_model.vocab_size} "
-      f"({spec.data.tokenizer} tokenizer), {spec.base_model.dtype} compute.",
-      f"- Shapes per budget: {spec.shapes_per_budget}, nearest to a {spec.spread:g}x ladder "
-      f"around the N with {spec.tokens_per_param:g} tokens/parameter.",
-      f"- LR = {spec.lr_base:g} x ({spec.lr_ref_width}/d_model)^{spec.lr_width_exponent:g}; "
-      f"warmup ~{spec.warmup_tokens_per_param:g} x N tokens (>= {spec.min_warmup_steps} steps, "
-      f"<= {100 * spec.warmup_fraction:g}% of steps); cosine to {spec.lr_floor:g} x peak at the "
-      "run's last step; AdamW, no repeated tokens.",
-  ]
-  if data_info:
-    lines.append(
-        f"- Data: {data_info['corpus']}, {data_info['train_tokens']:,} training tokens (largest "
-        f"run uses {100 * data_info['max_epochs']:.1f}% of them); every run is evaluated on the "
-        f"same {data_info['eval_tokens']:,} validation tokens.")
-  return lines
-
-
-def runs_table(results) -> list:
-  lines = ["| run | C | N | D | D/N | lr | steps | batch | held-out loss | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in results:
-    lines.append(f"| {r['run_id']} | {r['budget']:.3g} | {r['params']:.3g} | {r['tokens']:.3g} "
-                 f"| {r['tokens'] / r['params']:.1f} | {r['learning_rate']:.2e} | {r['steps']} "
-                 f"| {r['batch_size']} | {_fmt(r['loss'])} | {r['wall_time_s']:.0f} |")
-  return lines
-
-
-SMOKE_PARAMETRIC_STARTS = 32  # Approach 3 L-BFGS starts for smoke reports (default 256)
-
-
-def analyze_runs(rows, bootstrap: int, bootstrap_parametric: int, grid=None) -> dict:
-  """experiments.scaling.analyze with this experiment's bootstrap and grid settings.
-
-  An approach the data cannot support (e.g. one budget) comes back as {"skipped": reason}.
-  """
-  from experiments.scaling import approaches
-  return approaches.analyze(rows, bootstrap=bootstrap, bootstrap_parametric=bootstrap_parametric,
-                            grid=grid or approaches.DEFAULT_GRID)
-
-
-def write_chinchilla_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool,
-                            bootstrap: int, data_info: dict | None = None,
-                            timing: dict | None = None) -> dict:
-  """Analyses the finished IsoFLOP runs; writes report.md, plots, CSVs and analysis.json."""
-  from experiments.scaling import report
-  results, missing = sweep_lib.collect_results(workdir, runs)
-  rows = [r for r in sweep_lib.analysis_rows(results) if r["loss"] is not None]
-  if not rows:
-    raise ValueError(f"no finished runs with a finite loss in {workdir}; train the sweep first")
-  analysis = analyze_runs(rows, bootstrap, min(bootstrap, 50 if is_smoke else 200),
-                          grid=SMOKE_PARAMETRIC_STARTS if is_smoke else None)
-  analysis["lr_check"] = _lr_check(results)
-  analysis["sweep_checks"] = _sweep_checks(analysis)
-  analysis["missing_runs"] = missing
-  meta = {"title": f"Chinchilla IsoFLOP sweep ({spec.name} preset)", "preset": spec.name,
-          "budgets": ", ".join(f"{c:.3g}" for c in sorted(spec.budgets)),
-          "runs": f"{len(results)} finished of {len(runs)} planned"}
-  paths = report.write_report(workdir, rows, analysis, meta, is_smoke=is_smoke)
-  paths["results_csv"] = sweep_lib.write_results_csv(os.path.join(workdir, "results.csv"),
-                                                     results)
-  lines = ["", "## Sweep design", ""] + design_lines(spec, data_info) + [""]
-  if missing:
-    lines += [f"**{len(missing)} planned run(s) have no result yet** (other shards, or "
-              f"interrupted): {', '.join(missing)}.", ""]
-  lines += ["## Checks", ""] + [f"- {s}" for s in analysis["sweep_checks"]] + [""]
-  lr = analysis["lr_check"]
-  lines += ["## Learning-rate check", ""]
-  if lr:
-    lines += [f"Budget {lr['budget']:.3g}, shape {lr['shape']}:", "",
-              "| LR multiplier | LR | held-out loss |", "|---|---|---|"]
-    lines += [f"| x{r['multiplier']:g} | {r['lr']:.3g} | {_fmt(r['loss'])} |" for r in lr["runs"]]
-    lines += ["", f"Verdict: {lr['verdict']}.", ""]
-  else:
-    lines += ["Not run (--lr_check=none).", ""]
-  lines += ["## Runs", "", "All runs, including the LR check (`results.csv` has every column).",
-            ""] + runs_table(results) + [""]
-  total = sum(r["wall_time_s"] for r in results)
-  lines += [f"Training wall time of the finished runs: {total / 60:.1f} min."]
-  if timing:
-    est = timing.get("estimate_s")
-    lines += [f"This invocation took {timing.get('elapsed_s', 0) / 60:.1f} min before the "
-              "analysis; estimate printed at its start: "
-              + (f"{est / 60:.1f} min." if est else "none (--estimate off).")]
-  with open(paths["report"], "a") as f:
-    f.write("\n".join(lines) + "\n")
-  return paths
-
-
 def run_experiment(spec: SweepSpec, workdir: str, *, report_fn=None, shard_index: int = 0,
                    num_shards: int = 1, analyze_only: bool = False, do_estimate: bool = False,
                    estimate_only: bool = False, allow_repeats: bool = False,
-                   bootstrap: int = 1000, train_fn=None, runs=None) -> dict:
+                   bootstrap: int = 1000, train_fn=None, runs=None, predict=(),
+                   predict_approach: str = "approach3", mis_size: float = 4.0) -> dict:
   """Plans, checks, (estimates,) trains this shard and reports once every run is finished.
 
-  Returns {"runs", "status", "missing", "paths", "estimate"}; paths is empty until complete.
+  With `predict` (multipliers K), then trains and scores the fit's compute-optimal model at
+  K x the largest budget plus one mis-sized run (experiments/scaling/extrapolate.py) and adds
+  the table to the report. Returns {"runs", "status", "missing", "paths", "estimate",
+  "predictions"}; paths is empty until complete.
   """
   start = time.perf_counter()
   runs = runs if runs is not None else shapes_lib.plan_sweep(spec)
@@ -412,8 +307,34 @@ def run_experiment(spec: SweepSpec, workdir: str, *, report_fn=None, shard_index
             "estimate_s": out["estimate"]["total_s"] if out["estimate"] else None}
   out["paths"] = report_fn(spec, runs, workdir, is_smoke=spec.name == "smoke",
                            bootstrap=bootstrap, data_info=data_info, timing=timing)
+  if predict and not analyze_only:
+    out["predictions"] = _predictions(spec, workdir, out, predict, predict_approach, mis_size,
+                                      train_fn, data_info)
+    if out["status"] is not None and out["predictions"]["status"]["interrupted"]:
+      out["status"]["interrupted"] = out["predictions"]["status"]["interrupted"]
+      return out
   print(f"report: {out['paths']['report']}", flush=True)
   return out
+
+
+def _predictions(spec, workdir, out, multipliers, approach, mis_size, train_fn, data_info):
+  """Runs and scores the prediction runs; appends their section to the report."""
+  from experiments.scaling import extrapolate
+  with open(out["paths"]["analysis_json"]) as f:
+    analysis = json.load(f)
+  pred = extrapolate.run_predictions(spec, workdir, analysis, multipliers, approach=approach,
+                                     mis_size=mis_size, train_fn=train_fn,
+                                     train_tokens=(data_info or {}).get("train_tokens"))
+  if pred["rows"]:
+    with open(out["paths"]["report"], "a") as f:
+      f.write("\n" + "\n".join(extrapolate.markdown(
+          pred["rows"], analysis.get("confidence", 0.95))) + "\n")
+    out["paths"].update(pred["paths"])
+    for row in pred["rows"]:
+      predicted = extrapolate.predict_lib.format_entry(row["predicted_loss"], ".4f")
+      print(f"{row['run_id']}: predicted loss {predicted}, achieved {row['achieved_loss']}",
+            flush=True)
+  return pred
 
 
 def default_bootstrap(preset: str) -> int:
@@ -434,7 +355,9 @@ def cli_options(preset: str) -> dict:
               do_estimate=FLAGS.estimate if FLAGS.estimate is not None else preset != "smoke",
               estimate_only=FLAGS.estimate_only, allow_repeats=FLAGS.allow_repeated_tokens,
               bootstrap=FLAGS.bootstrap if FLAGS.bootstrap is not None
-              else default_bootstrap(preset))
+              else default_bootstrap(preset),
+              predict=_floats(FLAGS.predict or (), "predict"),
+              predict_approach=FLAGS.predict_approach, mis_size=FLAGS.mis_size)
 
 
 def run_from_cli(argv, name: str, launch) -> None:

@@ -1,12 +1,17 @@
 r"""Fits Chinchilla-style compute-optimal scaling laws to a CSV of finished runs.
 
   python -m experiments.fit_scaling --csv=runs.csv [--out=DIR] [--bootstrap=1000] [--seed=0]
+  python -m experiments.fit_scaling --csv=runs.csv --predict_flops=1e14 --out=DIR
 
 The CSV needs columns params, tokens, loss; optional: flops (default 6*params*tokens), budget
 (the nominal compute budget of each run's IsoFLOP group; else runs are grouped by flops within
-~5%), non_embedding_params, non_embedding_flops (enable the Kaplan-vs-Chinchilla ablation).
+~5%), non_embedding_params, non_embedding_flops (enable the Kaplan-vs-Chinchilla ablation), seed
+(rows of one budget with equal params and tokens are seeds of one point: their losses are
+averaged, the seed noise is reported and the bootstrap redraws the seeds).
 Prints the analysis as JSON and a short table; with --out also writes plots, report.md,
-runs.csv and analysis.json there.
+runs.csv and analysis.json there. --predict_flops=C adds the compute-optimal N, D and loss at
+budget C with bootstrap intervals for each approach (experiments/scaling/predict.py), printed
+and, with --out, written to DIR/prediction.json.
 """
 
 import csv
@@ -16,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.scaling import approaches, report
+from experiments.scaling import approaches, predict, report
 
 _CSV = flags.DEFINE_string("csv", None, "CSV of runs: params, tokens, loss[, flops, budget, ...].")
 _OUT = flags.DEFINE_string("out", None, "Directory for plots, report.md, runs.csv, analysis.json.")
@@ -33,6 +38,9 @@ _ALLOW_PARTIAL = flags.DEFINE_bool(
     "allow_partial", False, "Fit whichever approaches the runs support instead of failing.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Mark the report as a smoke test (warning banner).")
 _TITLE = flags.DEFINE_string("title", "Compute-optimal scaling analysis", "Report title.")
+_PREDICT_FLOPS = flags.DEFINE_float(
+    "predict_flops", None, "Predict N_opt, D_opt and loss (with intervals) at this budget; "
+    "written to --out/prediction.json.")
 
 
 def read_runs_csv(path: str) -> list:
@@ -98,6 +106,24 @@ def fit_csv(csv_path: str, out_dir=None, *, bootstrap: int = 1000,
   return analysis, paths
 
 
+def write_prediction(analysis: dict, compute: float, out_dir=None) -> tuple:
+  """(prediction, path): `predict.predict` at `compute`, written to out_dir/prediction.json."""
+  pred = predict.predict(analysis, compute)
+  path = None
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "prediction.json")
+    with open(path, "w") as f:
+      json.dump(approaches.to_jsonable(pred), f, indent=1)
+  return pred, path
+
+
+def _compact(analysis: dict) -> dict:
+  """The analysis without the bootstrap resamples (they stay in analysis.json)."""
+  return {k: ({kk: vv for kk, vv in v.items() if kk != "samples"} if isinstance(v, dict) else v)
+          for k, v in analysis.items()}
+
+
 def format_table(analysis: dict) -> str:
   """A few-line text summary: a, its interval, b and tokens/param at the largest budget."""
   lines = [f"{'approach':<22}{'a':>7}  {'a interval':<18}{'b':>7}  {'D/N @ max C':>11}"]
@@ -116,9 +142,9 @@ def format_table(analysis: dict) -> str:
       data = [o for o in s.get("optimal", []) if o["C"] not in s["extrapolated_budgets"]]
       tpp = data[-1]["tokens_per_param"] if data else None
     a, b = s.get("a"), s.get("b")
-    lines.append(f"{name:<22}{a if a is None else format(a, '.3f'):>7}  {ivs:<18}"
-                 f"{b if b is None else format(b, '.3f'):>7}  "
-                 f"{'n/a' if tpp is None else format(tpp, '.1f'):>11}")
+    text = lambda x, spec: "n/a" if x is None else format(x, spec)
+    lines.append(f"{name:<22}{text(a, '.3f'):>7}  {ivs:<18}{text(b, '.3f'):>7}  "
+                 f"{text(tpp, '.1f'):>11}")
   if "approach3" in analysis and "converged" in analysis["approach3"]:
     lines.append(f"approach3 converged: {analysis['approach3']['converged']} "
                  f"(relative gradient {analysis['approach3']['grad_rel']:.1e})")
@@ -133,14 +159,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
+    if _PREDICT_FLOPS.value is not None and not _PREDICT_FLOPS.value > 0:
+      raise ValueError(f"--predict_flops must be a positive FLOP count, got {_PREDICT_FLOPS.value}")
     analysis, paths = fit_csv(
         _CSV.value, _OUT.value, bootstrap=_BOOTSTRAP.value,
         bootstrap_parametric=_BOOTSTRAP_PARAMETRIC.value, seed=_SEED.value, grid=_GRID.value,
         allow_partial=_ALLOW_PARTIAL.value, is_smoke=_SMOKE.value, title=_TITLE.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"fit_scaling: error: {e}")
-  print(json.dumps(analysis, indent=1))
+  print(json.dumps(_compact(analysis), indent=1))
   print(format_table(analysis))
+  if _PREDICT_FLOPS.value is not None:
+    pred, path = write_prediction(analysis, _PREDICT_FLOPS.value, _OUT.value)
+    print(predict.format_prediction(pred))
+    if path:
+      print(f"prediction: {path}")
   if paths:
     print(f"report: {paths['report']}")
 

@@ -23,6 +23,7 @@ from absl import app, flags
 from experiments import chinchilla
 from experiments.scaling import shapes as shapes_lib
 from experiments.scaling import sweep as sweep_lib
+from experiments.scaling import sweep_report
 from experiments.scaling.shapes import SweepSpec
 
 PRESETS = ("smoke", "cpu", "gpu")
@@ -40,14 +41,18 @@ def define_flags() -> None:
 def moe_preset(name: str) -> SweepSpec:
   """The dense half of each preset; family_specs derives the MoE half."""
   if name == "smoke":
-    return dataclasses.replace(chinchilla.chinchilla_preset("smoke"), name="smoke", lr_check=())
+    return dataclasses.replace(chinchilla.chinchilla_preset("smoke"), name="smoke", lr_check=(),
+                               seeds=2)
   if name == "cpu":
-    return dataclasses.replace(chinchilla.chinchilla_preset("cpu"), name="cpu",
-                               budgets=(2.5e11, 6e11, 1.5e12), shapes_per_budget=4, lr_check=())
+    return dataclasses.replace(
+        chinchilla.chinchilla_preset("cpu"), name="cpu", budgets=(2.5e11, 6e11, 1.5e12),
+        d_models=(16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160), shapes_per_budget=4,
+        spread=16.0, tokens_per_param=20.0, lr_check=(), lr_check_budgets=(), seeds=2,
+        seed_budgets=())
   if name == "gpu":
     gpu = chinchilla.chinchilla_preset("gpu")
     return dataclasses.replace(
-        gpu, name="gpu", budgets=(1e15, 3e15, 9e15), shapes_per_budget=4, lr_check=(),
+        gpu, name="gpu", budgets=(1e15, 3e15, 9e15), shapes_per_budget=4, lr_check=(), seeds=2,
         base_model=dataclasses.replace(gpu.base_model, capacity_factor=1.25))
   raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
 
@@ -96,8 +101,9 @@ def isoflop_optimum(params, losses) -> dict:
 
 
 def family_optima(results, family: str) -> list:
-  """Per budget (ascending) the family's IsoFLOP optimum and its runs."""
-  rows = [r for r in results if family_of(r) == family and r["loss"] is not None]
+  """Per budget (ascending) the family's IsoFLOP optimum and its runs (IsoFLOP runs only)."""
+  rows = [r for r in results if family_of(r) == family and r["loss"] is not None
+          and r.get("kind", "isoflop") == "isoflop"]
   out = []
   for budget in sorted({r["budget"] for r in rows}):
     group = sorted((r for r in rows if r["budget"] == budget), key=lambda r: r["params"])
@@ -241,18 +247,32 @@ def _fmt(x, spec=".4g") -> str:
 
 
 def write_moe_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool, bootstrap: int,
-                     data_info: dict | None = None, timing: dict | None = None) -> dict:
-  """report.md, the plots, results.csv and comparison.json in workdir."""
-  del bootstrap
+                     data_info: dict | None = None, timing: dict | None = None,
+                     predict: float | None = None, check_runs=()) -> dict:
+  """report.md, the plots, results.csv and comparison.json in workdir.
+
+  Seed-averaged comparison with bootstrap intervals (experiments/scaling/multiplier.py); with
+  `predict` = K, the multiplier and MoE loss predicted at K x the largest budget, scored
+  against the finished `check_runs`.
+  """
+  from experiments.scaling import multiplier
   results, missing = sweep_lib.collect_results(workdir, runs)
   if not results:
     raise ValueError(f"no finished runs in {workdir}; train the sweep first")
-  comparison = compare(results)
+  predict_at = [predict * max(spec.budgets)] if predict else []
+  analysis = multiplier.analyze(results, compare, bootstrap=min(bootstrap, 200),
+                                predict_at=predict_at)
+  checks = sweep_lib.collect_results(workdir, list(check_runs))[0] if check_runs else []
+  analysis["checks"] = [multiplier.score(p, next((c for c in checks if c["budget"] == p["C"]),
+                                                 None), analysis["comparison"],
+                                         dense_compute_for_loss)
+                        for p in analysis["predictions"]]
+  comparison = analysis["comparison"]
   paths = make_plots(workdir, comparison)
   paths["results_csv"] = sweep_lib.write_results_csv(os.path.join(workdir, "results.csv"),
-                                                     results)
+                                                     results + checks)
   paths["comparison_json"] = os.path.join(workdir, "comparison.json")
-  sweep_lib.write_json_atomic(paths["comparison_json"], comparison)
+  sweep_lib.write_json_atomic(paths["comparison_json"], analysis)
   moe_model = next((r.config.model for r in runs if r.config.model.is_moe), None)
   lines = [f"# Dense vs MoE at matched active compute ({spec.name} preset)", ""]
   if is_smoke:
@@ -265,7 +285,7 @@ def write_moe_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool, boo
     lines += [f"- MoE: {moe_model.n_experts} experts, top-{moe_model.experts_per_token}, expert "
               f"width = dense FFN width / {moe_model.experts_per_token}, every layer, {routing}; "
               "N and FLOPs count active parameters (total parameters are in results.csv)."]
-  lines += chinchilla.design_lines(spec, data_info) + [""]
+  lines += sweep_report.design_lines(spec, data_info) + [""]
   if missing:
     lines += [f"**{len(missing)} planned run(s) have no result yet**: {', '.join(missing)}.", ""]
   lines += ["## Loss gap and effective compute multiplier", "",
@@ -282,6 +302,7 @@ def write_moe_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool, boo
   law = comparison["dense_power_law"]
   if law:
     lines += ["", f"Dense envelope fit: L = {law['A']:.4g} * C^-{law['alpha']:.4f}."]
+  lines += [""] + _interval_lines(analysis)
   sources = {f"{fam} {o['C']:.3g}: {o['source']}" for fam in FAMILIES for o in comparison[fam]
              if o["source"] != "parabola"}
   if sources:
@@ -292,7 +313,7 @@ def write_moe_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool, boo
                       ("multiplier", "Compute multiplier")):
     if name in paths:
       lines += [f"![{title}]({os.path.basename(paths[name])})", ""]
-  lines += ["## Runs", ""] + chinchilla.runs_table(results) + [""]
+  lines += ["## Runs", ""] + sweep_report.runs_table(results + checks) + [""]
   if timing:
     lines += [f"This invocation took {timing.get('elapsed_s', 0) / 60:.1f} min before the "
               "analysis."]
@@ -302,14 +323,91 @@ def write_moe_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bool, boo
   return paths
 
 
+def _interval_lines(analysis: dict) -> list:
+  conf = 100 * analysis["confidence"]
+  seeds = analysis["seeds_per_point"]
+  rel = analysis["seed_noise_relative_std"]
+  lines = ["## Seed noise and intervals", "",
+           f"Seeds per point: {seeds[0]}-{seeds[1]}; seed-to-seed loss noise "
+           + (f"{100 * rel:.2f}% (pooled relative std)." if rel else "not measured (one seed).")
+           + (f" {conf:.0f}% intervals from {analysis['bootstrap']} resamples of the seeds."
+              if analysis["bootstrap"] else " No intervals without seed noise."), "",
+           "| C | multiplier [interval] | gap (nats) [interval] |", "|---|---|---|"]
+  for r in analysis["intervals"]:
+    iv, gv = r["multiplier_interval"], r["gap_interval"]
+    lines.append(f"| {r['C']:.3g} | {_fmt(r['multiplier'], '.2f')} "
+                 f"{'' if not iv else f'[{iv[0]:.2f}, {iv[1]:.2f}]'} | "
+                 f"{_fmt(r['gap'], '+.4f')} {'' if not gv else f'[{gv[0]:+.4f}, {gv[1]:+.4f}]'} |")
+  for p, c in zip(analysis["predictions"], analysis["checks"]):
+    miv, liv = p.get("multiplier_interval"), p.get("moe_loss_interval")
+    lines += ["", f"### Prediction at C = {p['C']:.3g}", "",
+              f"- multiplier: {_fmt(p['multiplier'], '.2f')} "
+              f"{'' if not miv else f'[{miv[0]:.2f}, {miv[1]:.2f}]'} (log-linear trend in C)",
+              f"- MoE loss at its predicted N_opt {_fmt(p['moe_N_opt'], '.3g')}: "
+              f"{_fmt(p['moe_loss'])} {'' if not liv else f'[{liv[0]:.4f}, {liv[1]:.4f}]'}"]
+    if c.get("achieved_loss") is not None:
+      rel_error = c.get("rel_error")
+      lines += [f"- check run {c['run_id']} (N = {c['params']:.3g}): loss "
+                f"{c['achieved_loss']:.4f}, relative error "
+                f"{_fmt(rel_error and 100 * rel_error, '+.2f')}%, "
+                + {True: "inside the interval", False: "OUTSIDE the interval",
+                   None: "no interval"}[c.get("inside")] + "; its multiplier "
+                f"{_fmt(c.get('achieved_multiplier'), '.2f')} ({c.get('achieved_method')})."]
+    else:
+      lines += ["- check run: not trained yet."]
+  return lines + [""]
+
+
+def plan_check_run(specs: dict, prediction: dict, multiplier_k: float):
+  """The MoE run at K x the largest budget, sized by the MoE optima's N ~ C^a fit."""
+  from experiments.scaling import extrapolate
+  spec = specs["moe"]
+  if not prediction.get("moe_N_opt"):
+    raise ValueError("the MoE optima do not give an N ~ C^a fit (need >= 2 budgets)")
+  shape, stats = extrapolate.nearest_shape(spec, extrapolate.candidate_shapes(spec),
+                                      prediction["moe_N_opt"])
+  budget = prediction["C"]
+  label = f"x{multiplier_k:g}_c{shapes_lib.budget_label(budget)}"
+  return extrapolate.run_for(spec, 0, "predict", budget, shape, stats,
+                              f"moe_predict_{label}_{shape.name}")
+
+
+def run_moe(specs: dict, workdir: str, *, predict: float | None = None, train_fn=None,
+            **options) -> dict:
+  """The sweep and report; with `predict`, then the check run and the report again."""
+  import functools
+  import json
+  report_fn = functools.partial(write_moe_report, predict=predict)
+  out = chinchilla.run_experiment(specs["dense"], workdir, report_fn=report_fn,
+                                  runs=plan(specs), train_fn=train_fn, **options)
+  if not predict or not out["paths"] or options.get("analyze_only"):
+    return out
+  with open(out["paths"]["comparison_json"]) as f:
+    prediction = json.load(f)["predictions"][0]
+  run = plan_check_run(specs, prediction, predict)
+  status = sweep_lib.run_sweep([run], workdir, train_fn=train_fn)
+  out["check"] = {"run": run, "status": status}
+  if status["interrupted"]:
+    out["status"] = dict(out["status"] or {}, interrupted=status["interrupted"])
+    return out
+  out["paths"] = report_fn(specs["dense"], plan(specs), workdir,
+                           is_smoke=specs["dense"].name == "smoke",
+                           bootstrap=options.get("bootstrap", 200), check_runs=[run])
+  return out
+
+
 def _launch() -> dict:
   preset = flags.FLAGS.preset
   spec = chinchilla.spec_from_flags(moe_preset(preset))
   specs = family_specs(spec, flags.FLAGS.n_experts, flags.FLAGS.experts_per_token,
                        flags.FLAGS.capacity_factor)
-  return chinchilla.run_experiment(specs["dense"], flags.FLAGS.workdir,
-                                   report_fn=write_moe_report, runs=plan(specs),
-                                   **chinchilla.cli_options(preset))
+  options = chinchilla.cli_options(preset)
+  multipliers = options.pop("predict")
+  options.pop("predict_approach"), options.pop("mis_size")
+  if len(multipliers) > 1:
+    raise ValueError("moe_vs_dense checks one prediction: pass a single --predict=K")
+  return run_moe(specs, flags.FLAGS.workdir, predict=multipliers[0] if multipliers else None,
+                 **options)
 
 
 def main(argv):

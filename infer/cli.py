@@ -64,3 +64,13 @@ def run_cli(name: str, body: Callable[[], object], extra_errors: tuple = ()):
     if message is None:
       raise  # unanticipated: keep the traceback, do not hide bugs
     sys.exit(f"{name}: error: {message}")
+
+
+def source_run(checkpoint: str | None, workdir: str | None, out: str | None,
+               out_name: str = "NEW_DIR") -> str:
+  """The run (or checkpoint) a converting CLI reads; both it and --out are required."""
+  path = checkpoint or workdir
+  if not path or not out:
+    raise ValueError("give --workdir=RUN_DIR (or --checkpoint=RUN_DIR/checkpoints/STEP) "
+                     f"and --out={out_name}")
+  return path

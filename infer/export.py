@@ -70,10 +70,7 @@ def _main(argv):
   from infer import cli  # pylint: disable=g-import-not-at-top
 
   def body():
-    path = FLAGS.checkpoint or FLAGS.workdir
-    if not path or not FLAGS.out:
-      raise ValueError("give --workdir=RUN_DIR (or --checkpoint=RUN_DIR/checkpoints/STEP) "
-                       "and --out=NEW_DIR")
+    path = cli.source_run(FLAGS.checkpoint, FLAGS.workdir, FLAGS.out)
     print(export(path, FLAGS.out, FLAGS.merge_lora))
   cli.run_cli("export", body)
 

@@ -21,7 +21,7 @@ from model.mesh import MeshConfig
 from model.peft import PeftConfig
 from model.quant import QuantConfig
 from model.tokenizer import Tokenizer, load_tokenizer
-from model.transformer import Transformer
+from model.encoder_decoder import init_params, make_model
 
 
 @dataclasses.dataclass
@@ -41,9 +41,9 @@ class LoadedModel:
 def abstract_params(model_config: ModelConfig, peft: PeftConfig, mesh,
                     quant: QuantConfig = QuantConfig()):
   """Shapes, dtypes and shardings of the model's parameters on `mesh` (nothing allocated)."""
-  model = Transformer(model_config, peft, quant)
+  model = make_model(model_config, peft, quant)  # by model.arch
   with sharding.use_mesh(mesh):
-    boxed = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"],
+    boxed = jax.eval_shape(lambda rng: init_params(model, rng, jnp.zeros((1, 8), jnp.int32)),
                            jax.random.key(0))
   shardings = sharding.tree_shardings(boxed, mesh)
   return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
@@ -64,6 +64,18 @@ def load_model(path: str, step: int | None = None, mesh_config: MeshConfig | Non
     raise FileNotFoundError(f"run directory {workdir!r} does not exist; pass the --workdir "
                             "of a training run")
   run = store.read_run_config(workdir)
+  if run.head == "reward":
+    raise ValueError(
+        f"{workdir} is a reward model (config.json head='reward'): it scores replies, it has "
+        "no next-token head to generate or evaluate with. Use it as a scorer: python -m "
+        f"infer.generate --workdir=POLICY_RUN --sampler=best_of_n --n=8 --scorer={workdir} "
+        f"--prompt=..., or as a judge: python -m infer.judge --judge={workdir} ...")
+  if run.model_config().arch == "encoder":
+    raise ValueError(
+        f"{workdir} is an encoder-only model (model.arch=encoder): it attends both ways and "
+        "has no next-token head, so it cannot generate or score text left to right. Use it "
+        f"for embeddings and search (python -m infer.embed --workdir={workdir} --input=...), "
+        "or train a decoder / encoder_decoder run to generate")
   model_config = run.model_config()
   if dtype:
     model_config = dataclasses.replace(model_config, dtype=dtype)

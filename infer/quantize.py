@@ -6,7 +6,8 @@ r"""Post-training weight-only quantization of a run directory into a new one.
 
 Every projection (attention, FFN, MoE experts; the head with --include_head) is stored
 as int8 per output channel or int4 in groups of --group_size input rows packed two per
-byte (model/quant.py); the embedding table stays float. The output run holds a `quant`
+byte (model/quant.py); the embedding table too with --include_embed (per token row:
+model/quant_embed.py; a tied head then reads the same int table). The output run holds a `quant`
 section in config.json and one params-only checkpoint, and every entry point
 (infer.loading) builds the quantized model from it. A QAT run (--config.quant.qat=...)
 is quantized with its own scheme by default, giving the logits of its fake-quant forward
@@ -33,6 +34,7 @@ def _define_flags():
                        "per output channel (default: the QAT run's, else 64).")
   flags.DEFINE_bool("symmetric", None, "Symmetric (default) or asymmetric with a zero point.")
   flags.DEFINE_bool("include_head", None, "Quantize the output projection too (default off).")
+  flags.DEFINE_bool("include_embed", None, "Quantize the embedding table too (default off).")
 
 
 _CHECK_TEXT = ("def main(argv):\n    \"\"\"Runs the program and returns its status.\"\"\"\n"
@@ -40,7 +42,7 @@ _CHECK_TEXT = ("def main(argv):\n    \"\"\"Runs the program and returns its stat
 
 
 def target_config(run_quant, scheme=None, group_size=None, symmetric=None,
-                  include_head=None):
+                  include_head=None, include_embed=None):
   """The stored QuantConfig: flags over the run's QAT settings (scheme from qat)."""
   from model.quant import QuantConfig  # pylint: disable=g-import-not-at-top
   if run_quant.stored:
@@ -57,7 +59,8 @@ def target_config(run_quant, scheme=None, group_size=None, symmetric=None,
   group_size = 0 if scheme == "int8" else pick(group_size, run_quant.group_size)
   return QuantConfig(scheme=scheme, group_size=group_size,
                      symmetric=pick(symmetric, run_quant.symmetric),
-                     include_head=pick(include_head, run_quant.include_head))
+                     include_head=pick(include_head, run_quant.include_head),
+                     include_embed=pick(include_embed, run_quant.include_embed))
 
 
 def check_logits(loaded, quant, params_q, text: str = _CHECK_TEXT) -> dict:
@@ -89,7 +92,7 @@ def check_logits(loaded, quant, params_q, text: str = _CHECK_TEXT) -> dict:
 
 
 def quantize_run(path: str, out: str, scheme=None, group_size=None, symmetric=None,
-                 include_head=None) -> dict:
+                 include_head=None, include_embed=None) -> dict:
   """Writes the quantized run dir; returns a summary (bytes, logit error, seconds)."""
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -104,7 +107,8 @@ def quantize_run(path: str, out: str, scheme=None, group_size=None, symmetric=No
   if loaded.peft.base_quant != "none":
     raise ValueError(f"{loaded.workdir} is a QLoRA run (peft.base_quant="
                      f"{loaded.peft.base_quant}); its base is already quantized")
-  target = target_config(loaded.quant, scheme, group_size, symmetric, include_head)
+  target = target_config(loaded.quant, scheme, group_size, symmetric, include_head,
+                         include_embed)
   abstract_q = abstract_params(loaded.model_config, loaded.peft, loaded.mesh, target)
   shardings = jax.tree.map(lambda a: a.sharding, abstract_q)
   with sharding.use_mesh(loaded.mesh):
@@ -137,12 +141,10 @@ def _main(argv):
   from infer import cli  # pylint: disable=g-import-not-at-top
 
   def body():
-    path = FLAGS.checkpoint or FLAGS.workdir
-    if not path or not FLAGS.out:
-      raise ValueError("give --workdir=RUN_DIR (or --checkpoint=RUN_DIR/checkpoints/STEP) "
-                       "and --out=NEW_DIR")
+    path = cli.source_run(FLAGS.checkpoint, FLAGS.workdir, FLAGS.out)
     print(json.dumps(quantize_run(path, FLAGS.out, FLAGS.scheme, FLAGS.group_size,
-                                  FLAGS.symmetric, FLAGS.include_head)))
+                                  FLAGS.symmetric, FLAGS.include_head,
+                                  FLAGS.include_embed)))
   cli.run_cli("quantize", body)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from model import sharding
 from model.config import ModelConfig, compute_dtype
-from model.layers import Projection, apply_rope, out_proj_std
+from model.layers import Projection, apply_rope, out_proj_std, rope_inv_freq
 from model.peft import PeftConfig
 from model.quant import QuantConfig
 
@@ -166,14 +166,24 @@ def masked_attention(q_BLNH, k_BSKH, v_BSKH, mask_B1LS):
       implementation="xla")
 
 
-def _write_rows(cache_BSKH, new_BLKH, starts_B):
-  """Writes each row's new entries at its own offset."""
-  update = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
-  return update(cache_BSKH, new_BLKH.astype(cache_BSKH.dtype), starts_B)
+def _write_rows(cache, new_BLKH, starts_B, layer=None):
+  """Writes each row's new entries at its own offset into one layer's [B, S, K, H] cache,
+  or, given `layer`, into that layer of the stacked [n_layers, B, S, K, H] cache (in place:
+  only the new rows are written, the stacked cache is never copied)."""
+  new_BLKH = new_BLKH.astype(cache.dtype)
+  if layer is None:
+    update = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
+    return update(cache, new_BLKH, starts_B)
+  b, l = new_BLKH.shape[:2]
+  rows_BL = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, l))
+  slots_BL = starts_B[:, None].astype(jnp.int32) + jnp.arange(l, dtype=jnp.int32)
+  return cache.at[layer, rows_BL, slots_BL].set(new_BLKH, mode="drop")
 
 
 class Attention(nn.Module):
-  """Self-attention under a `Mask`; `kv_cache` is one layer's (k_BSKH, v_BSKH, lengths_B).
+  """Self-attention under a `Mask`; `kv_cache` is one layer's (k_BSKH, v_BSKH, lengths_B),
+  or (k_cache, v_cache, lengths_B, layer) with the stacked all-layer cache, which is then
+  updated in place and returned whole.
 
   With a cache the mask must be causal (optionally prefix-LM) without segments: the new
   tokens attend causally over the cache, and a prefix mask also opens keys j < prefix_len.
@@ -190,9 +200,9 @@ class Attention(nn.Module):
     n, k, h, d = c.n_heads, c.heads_kv, c.head_dim, c.d_model
     mask = Mask.causal() if mask is None else mask
 
-    def proj(name, shape, names, n_contract, std):
+    def proj(name, shape, names, n_contract, std, bias=c.qkv_bias):
       return Projection(c, self.peft, shape, names, n_contract, std, f"attn.{name}",
-                        quant=self.quant, name=name)
+                        quant=self.quant, use_bias=bias, name=name)
 
     q_BLNH = proj("query", (d, n, h), ("embed", "heads", "head_dim"), 1, c.init_std)(
         x_BLD, deterministic)
@@ -201,8 +211,9 @@ class Attention(nn.Module):
     v_BLKH = proj("value", (d, k, h), ("embed", "kv_heads", "head_dim"), 1, c.init_std)(
         x_BLD, deterministic)
     if c.pos_encoding == "rope":
-      q_BLNH = apply_rope(q_BLNH, positions_BL, c.rope_theta)
-      k_BLKH = apply_rope(k_BLKH, positions_BL, c.rope_theta)
+      inv_freq = None if c.rope_scaling == "none" else rope_inv_freq(c)
+      q_BLNH = apply_rope(q_BLNH, positions_BL, c.rope_theta, inv_freq)
+      k_BLKH = apply_rope(k_BLKH, positions_BL, c.rope_theta, inv_freq)
     q_axes = ("act_batch", "act_length", "act_heads", "act_head_dim")
     q_BLNH = sharding.constrain(q_BLNH, q_axes)
     kv_axes = ("act_batch", "act_length", "act_kv_heads", "act_head_dim")
@@ -220,9 +231,13 @@ class Attention(nn.Module):
       if mask.kind == "bidirectional" or mask.segment_ids_BL is not None:
         raise ValueError("cached decoding needs a causal (or prefix-LM) mask without "
                          "segment ids; run packed / bidirectional batches without a cache")
-      k_BSKH, v_BSKH, lengths_B = kv_cache
-      k_BSKH = _write_rows(k_BSKH, k_BLKH, lengths_B)
-      v_BSKH = _write_rows(v_BSKH, v_BLKH, lengths_B)
+      k_cache, v_cache, lengths_B = kv_cache[:3]
+      layer = kv_cache[3] if len(kv_cache) > 3 else None
+      k_BSKH = k_cache = _write_rows(k_cache, k_BLKH, lengths_B, layer)
+      v_BSKH = v_cache = _write_rows(v_cache, v_BLKH, lengths_B, layer)
+      if layer is not None:
+        k_BSKH = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
+        v_BSKH = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
       cache_axes = ("act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
       k_BSKH = sharding.constrain(k_BSKH, cache_axes)
       v_BSKH = sharding.constrain(v_BSKH, cache_axes)
@@ -234,7 +249,8 @@ class Attention(nn.Module):
         mask_B1LS = mask_B1LS | prefix_B1LS
       out_BLNH = masked_attention(q_BLNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype),
                                   mask_B1LS)
-      new_cache = (k_BSKH, v_BSKH)
+      new_cache = (k_BSKH, v_BSKH) if layer is None else (k_cache, v_cache)
     out_BLNH = sharding.constrain(out_BLNH, q_axes)
-    out = proj("out", (n, h, d), ("heads", "head_dim", "embed"), 2, out_proj_std(c))
+    out = proj("out", (n, h, d), ("heads", "head_dim", "embed"), 2, out_proj_std(c),
+               bias=c.out_bias)
     return out(out_BLNH, deterministic), new_cache

@@ -9,17 +9,25 @@ ACTIVATIONS = ("swiglu", "gelu", "relu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 ROUTER_WEIGHTINGS = ("softmax_topk", "topk_probs")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 DTYPES = ("float32", "bfloat16")
+# decoder: causal LM (GPT); encoder: bidirectional (BERT, masked-LM); encoder_decoder: T5-style.
+ARCHS = ("decoder", "encoder", "encoder_decoder")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """A decoder-only transformer, dense or Mixture-of-Experts.
+  """A transformer (decoder-only, encoder-only or encoder-decoder), dense or MoE.
+
+  arch: "decoder" (causal LM), "encoder" (bidirectional self-attention, masked-LM /
+  classification / embeddings) or "encoder_decoder" (encoder + causal decoder with
+  cross-attention). The same blocks serve all three.
 
   n_experts == 0 gives a dense model. With n_experts > 0, every `moe_every`-th
   layer (the last of each group of `moe_every` layers) is an MoE layer.
   """
   vocab_size: int = 256
+  arch: str = "decoder"
   d_model: int = 64
   n_layers: int = 2
   n_heads: int = 4
@@ -29,6 +37,16 @@ class ModelConfig:
   max_len: int = 256
   pos_encoding: str = "rope"
   rope_theta: float = 10_000.0
+  # Rotary frequency scaling (model/layers.rope_inv_freq): "none", "linear" or "llama3".
+  rope_scaling: str = "none"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0  # llama3 only
+  rope_high_freq_factor: float = 4.0  # llama3 only
+  rope_original_max_len: int = 8192  # llama3 only: the pre-extension context
+  # Optional biases (imported Hugging Face models): q/k/v, attention output, dense FFN.
+  qkv_bias: bool = False
+  out_bias: bool = False
+  mlp_bias: bool = False
   norm: str = "rms"
   norm_position: str = "pre"
   norm_eps: float = 1e-6
@@ -51,6 +69,7 @@ class ModelConfig:
   router_weighting: str = "softmax_topk"
 
   def __post_init__(self):
+    _check_choice("arch", self.arch, ARCHS)
     _check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
     _check_choice("norm", self.norm, NORMS)
     _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
@@ -58,6 +77,11 @@ class ModelConfig:
     _check_choice("remat", self.remat, REMAT_POLICIES)
     _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     _check_choice("router_weighting", self.router_weighting, ROUTER_WEIGHTINGS)
+    _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    if self.rope_scaling != "none" and self.rope_factor <= 0:
+      raise ValueError(f"model.rope_factor must be positive, got {self.rope_factor}")
+    if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      raise ValueError("model.rope_high_freq_factor must exceed model.rope_low_freq_factor")
     _check_choice("dtype", self.dtype, DTYPES)
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
       if getattr(self, name) <= 0:
@@ -147,6 +171,31 @@ PRESETS = {
     "moe_1b": ModelConfig(vocab_size=_GPT2_VOCAB, d_model=1024, n_layers=16, n_heads=16,
                           max_len=2048, n_experts=8, experts_per_token=2,
                           d_ff_expert=2816, capacity_factor=1.25),
+    # Encoder-only (BERT-style: bidirectional attention, masked-LM pretraining).
+    "encoder_tiny": ModelConfig(arch="encoder", d_model=64, n_layers=2, n_heads=4,
+                                max_len=256),
+    "encoder_small": ModelConfig(arch="encoder", vocab_size=4096, d_model=256, n_layers=4,
+                                 n_heads=4, max_len=512),
+    # BERT-base shapes: post-norm LayerNorm, GELU 4d FFN, learned positions, tied output.
+    "bert_base": ModelConfig(arch="encoder", vocab_size=30592, d_model=768, n_layers=12,
+                             n_heads=12, max_len=512, activation="gelu", norm="layer",
+                             norm_position="post", norm_eps=1e-12, pos_encoding="learned",
+                             tie_embeddings=True),
+    "moe_encoder_tiny": ModelConfig(arch="encoder", d_model=64, n_layers=2, n_heads=4,
+                                    max_len=256, n_experts=8, experts_per_token=2,
+                                    d_ff_expert=128),
+    # Encoder-decoder (model/encoder_decoder.py): n_layers in each stack.
+    "encoder_decoder_tiny": ModelConfig(arch="encoder_decoder", d_model=64, n_layers=2,
+                                        n_heads=4, max_len=256),
+    "encoder_decoder_small": ModelConfig(arch="encoder_decoder", vocab_size=4096, d_model=256,
+                                         n_layers=4, n_heads=4, max_len=512),
+    # T5-small shapes (rotary positions in place of T5's relative bias).
+    "t5_small": ModelConfig(arch="encoder_decoder", vocab_size=32128, d_model=512, n_layers=6,
+                            n_heads=8, d_ff=2048, activation="relu", max_len=512,
+                            tie_embeddings=True),
+    "moe_encoder_decoder_tiny": ModelConfig(arch="encoder_decoder", d_model=64, n_layers=2,
+                                            n_heads=4, max_len=256, n_experts=8,
+                                            experts_per_token=2, d_ff_expert=128),
 }
 
 

@@ -100,6 +100,7 @@ class Projection(nn.Module):
   zero_init: bool = False
   n_batch: int = 0
   quant: QuantConfig = QuantConfig()
+  use_bias: bool = False
 
   def setup(self):
     if len(self.kernel_shape) != len(self.kernel_axes):
@@ -112,6 +113,13 @@ class Projection(nn.Module):
       init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(self.init_std)
       self.kernel = self.param("kernel", nn.with_logical_partitioning(init, self.kernel_axes),
                                self.kernel_shape, jnp.float32)
+    if self.use_bias:
+      if self.n_batch:
+        raise ValueError(f"{self.role}: stacked (expert) kernels take no bias")
+      split = self.n_contract
+      self.bias = self.param(
+          "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[split:]),
+          self.kernel_shape[split:], jnp.float32)
     self.has_lora = self.peft.lora_targets(self.role)
     if self.has_lora:
       split = self.n_batch + self.n_contract
@@ -165,6 +173,8 @@ class Projection(nn.Module):
     dtype = compute_dtype(self.config)
     x = x.astype(dtype)
     y = _contract(x, self.float_kernel().astype(dtype), self.n_contract, self.out_dtype)
+    if self.use_bias:
+      y = y + self.bias.astype(y.dtype)
     if not self.has_lora:
       return y
     if not deterministic and self.peft.dropout > 0:
@@ -208,15 +218,23 @@ class Embed(nn.Module):
 
 
 class LearnedPositions(nn.Module):
-  """A learned [max_len, d_model] table looked up by absolute position."""
+  """A learned [max_len, d_model] table looked up by absolute position.
+
+  contiguous=True promises positions_BL[b] == 0..L-1 for every row: the first L rows are
+  sliced instead of gathered (a gather's backward is a scatter-add, slow on CPU).
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, positions_BL):
+  def __call__(self, positions_BL, contiguous: bool = False):
     c = self.config
     table = self.param("embedding", param_init(c.init_std, ("position", "embed")),
                        (c.max_len, c.d_model), jnp.float32)
     table = sharding.constrain(table, ("position", None))  # See Embed.__call__.
+    if contiguous:
+      rows_LD = table[:positions_BL.shape[1]]
+      return jnp.broadcast_to(rows_LD[None], positions_BL.shape + rows_LD.shape[1:]).astype(
+          compute_dtype(c))
     return jnp.take(table, positions_BL, axis=0).astype(compute_dtype(c))
 
 
@@ -231,12 +249,38 @@ def sinusoidal_positions(positions_BL, d_model: int, max_timescale: float = 10_0
   return emb
 
 
-def apply_rope(x_BLNH, positions_BL, theta: float):
-  """Rotary position embedding (rotate-half form) applied in float32."""
+def rope_inv_freq(config: ModelConfig):
+  """[head_dim // 2] float32 rotary frequencies, with config.rope_scaling applied.
+
+  "linear" divides every frequency by rope_factor; "llama3" (Llama 3.1+) divides the
+  low frequencies (wavelength > original_max_len / low_freq_factor) by rope_factor, keeps
+  the high ones (wavelength < original_max_len / high_freq_factor) and interpolates
+  smoothly in between.
+  """
+  h, c = config.head_dim, config
+  inv_freq = c.rope_theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
+  if c.rope_scaling == "linear":
+    return inv_freq / c.rope_factor
+  if c.rope_scaling == "llama3":
+    wavelen = 2 * math.pi / inv_freq
+    ctx, low, high = c.rope_original_max_len, c.rope_low_freq_factor, c.rope_high_freq_factor
+    smooth = (ctx / wavelen - low) / (high - low)
+    mixed = (1 - smooth) * inv_freq / c.rope_factor + smooth * inv_freq
+    inv_freq = jnp.where(wavelen > ctx / low, inv_freq / c.rope_factor,
+                         jnp.where(wavelen < ctx / high, inv_freq, mixed))
+  return inv_freq
+
+
+def apply_rope(x_BLNH, positions_BL, theta: float, inv_freq=None):
+  """Rotary position embedding (rotate-half form) applied in float32.
+
+  `inv_freq` (from `rope_inv_freq`) overrides the plain theta ** (-2i / head_dim).
+  """
   h = x_BLNH.shape[-1]
   if h % 2:
     raise ValueError(f"rotary embeddings need an even head dim, got {h}")
-  inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
+  if inv_freq is None:
+    inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)
   angles_BLh = positions_BL.astype(jnp.float32)[..., None] * inv_freq
   sin = jnp.sin(angles_BLh)[:, :, None, :]
   cos = jnp.cos(angles_BLh)[:, :, None, :]
@@ -267,7 +311,7 @@ class Mlp(nn.Module):
 
     def proj(name, shape, names, std):
       return Projection(c, self.peft, shape, names, 1, std, f"mlp.{name}", quant=self.quant,
-                        name=name)
+                        use_bias=c.mlp_bias, name=name)
 
     gated = c.activation == "swiglu"
     w_in = "wi_gate" if gated else "wi"

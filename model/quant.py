@@ -39,7 +39,7 @@ class QuantConfig:
   group_size: int4 input rows per scale (32 / 64 / 128; 0 = per output channel);
     int8 is always per output channel.
   include_head: quantize the output projection too (off: it stays float, as is usual).
-  include_embed: quantize the embedding table; not supported yet (it stays float).
+  include_embed: quantize the embedding table too (model/quant_embed.py; off: float).
   qat: "none" | "int8" | "int4": fake quantization in the forward with an STE.
   """
   scheme: str = "none"
@@ -60,9 +60,6 @@ class QuantConfig:
     if self.scheme != "none" and self.qat != "none":
       raise ValueError("quant.scheme (stored integer weights) and quant.qat (fake "
                        "quantization of float weights) exclude each other; set one")
-    if self.include_embed:
-      raise ValueError("quant.include_embed=True is not supported yet: the embedding table "
-                       "stays float; drop the flag")
 
   @property
   def stored(self) -> bool:
@@ -74,6 +71,8 @@ class QuantConfig:
       return False
     if role.startswith("adapter."):
       return False  # adapters are PEFT parameters: they train in float
+    if role == "embed":
+      return self.include_embed
     return role != "head" or self.include_head
 
   def group(self, scheme: str) -> int:
@@ -299,13 +298,14 @@ def quantize_params(params, abstract_quantized, quant: QuantConfig):
 
   `abstract_quantized` (e.g. jax.eval_shape of the quantized model's init, or
   infer.loading.abstract_params) gives each kernel's 2-D view: its scale's last dim is
-  Dout and its leading dims are the stacked (layer / expert) axes.
+  Dout and its leading dims are the stacked (layer / expert) axes. An embedding table
+  [V, D] is quantized as its transpose (model/quant_embed.py).
   """
   params, target = _unbox(params), _unbox(abstract_quantized)
 
   def walk(p, t, path):
-    if "kernel_q" in t and "kernel" in p:
-      kernel = p["kernel"]
+    if "kernel_q" in t and ("kernel" in p or "embedding" in p):
+      kernel = p["kernel"] if "kernel" in p else jnp.asarray(p["embedding"]).T
       scale = t["kernel_scale"]
       n_lead = len(scale.shape) - 2
       w = jnp.asarray(kernel).reshape(kernel.shape[:n_lead] + (-1, scale.shape[-1]))
@@ -316,7 +316,7 @@ def quantize_params(params, abstract_quantized, quant: QuantConfig):
           raise ValueError(f"quantize_params: {'/'.join(path)}/{name} has shape {value.shape}"
                            f" but the quantized model expects "
                            f"{None if want is None else want.shape}")
-      rest = {k: v for k, v in p.items() if k != "kernel"}
+      rest = {k: v for k, v in p.items() if k not in ("kernel", "embedding")}
       return {**rest, **out}
     out = {}
     for key, value in p.items():
@@ -332,7 +332,8 @@ def quantize_params(params, abstract_quantized, quant: QuantConfig):
 
 
 def kernel_shapes(abstract_float_params) -> dict:
-  """{path tuple: kernel shape} of every projection of a float model's (abstract) params."""
+  """{path tuple: kernel shape} of every projection of a float model's (abstract) params;
+  embedding tables are keyed by path + ("embedding",)."""
   out = {}
 
   def walk(p, path):
@@ -341,6 +342,8 @@ def kernel_shapes(abstract_float_params) -> dict:
         walk(value, path + (key,))
       elif key == "kernel":
         out[path] = tuple(value.shape)
+      elif key == "embedding":
+        out[path + (key,)] = tuple(value.shape)
   walk(_unbox(abstract_float_params), ())
   return out
 
@@ -350,6 +353,10 @@ def dequantize_params(params, kernel_shapes):
   params = _unbox(params)
 
   def walk(p, path):
+    if "kernel_q" in p and path + ("embedding",) in kernel_shapes:  # a [V, D] table
+      vocab, d_model = kernel_shapes[path + ("embedding",)]
+      rest = {k: v for k, v in p.items() if k not in LEAVES}
+      return {**rest, "embedding": dequantize(p, d_model).T[:vocab]}
     if "kernel_q" in p:
       shape = kernel_shapes[path]
       w = dequantize(p)
@@ -368,7 +375,7 @@ def projection_bytes(float_params, quantized_params) -> tuple[int, int]:
   def walk(f, q):
     nonlocal before, after
     if "kernel_q" in q:
-      before += tree_bytes(f["kernel"])
+      before += tree_bytes(f["kernel"] if "kernel" in f else f["embedding"])
       after += tree_bytes({k: v for k, v in q.items() if k in LEAVES})
       return
     for key, value in q.items():

@@ -30,6 +30,7 @@ SP_MAX_TRAIN_SENTENCES = 200_000
 SP_SENTENCE_CHARS = 1024  # training sentences are chunks of whole lines up to this size
 _META = "\u2581"  # sentencepiece's whitespace symbol
 SP_VERSION = 1  # bump when training settings change, to invalidate caches
+MASK_PIECE = "[MASK]"  # masked-LM symbol (encoder runs): a user-defined sentencepiece piece
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
@@ -71,6 +72,11 @@ class Tokenizer(abc.ABC):
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return [self.encode(t) for t in texts]
 
+  @property
+  def mask_id(self) -> int | None:
+    """The [MASK] id of masked-LM training, or None for a tokenizer trained without it."""
+    return None
+
   def padded_vocab_size(self, multiple: int = 128) -> int:
     return padded_vocab_size(self.vocab_size, multiple)
 
@@ -92,13 +98,21 @@ class Tokenizer(abc.ABC):
 
 
 class ByteTokenizer(Tokenizer):
-  """UTF-8 bytes are ids 0..255; pad=256, bos=257, eos=258; vocab_size 259."""
+  """UTF-8 bytes are ids 0..255; pad=256, bos=257, eos=258; vocab_size 259.
+
+  ByteTokenizer(mask=True) adds [MASK] = 259 (vocab_size 260) for masked-LM runs; the
+  default one describes itself (and so fingerprints) exactly as before.
+  """
   kind = "byte"
 
-  vocab_size = property(lambda self: 259)
+  def __init__(self, mask: bool = False):
+    self._mask = bool(mask)
+
+  vocab_size = property(lambda self: 260 if self._mask else 259)
   pad_id = property(lambda self: 256)
   bos_id = property(lambda self: 257)
   eos_id = property(lambda self: 258)
+  mask_id = property(lambda self: 259 if self._mask else None)
 
   def encode(self, text: str) -> list[int]:
     return list(text.encode("utf-8"))
@@ -107,9 +121,10 @@ class ByteTokenizer(Tokenizer):
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
   def describe(self) -> dict:
-    return dict(kind=self.kind, vocab_size=self.vocab_size, pad_id=self.pad_id,
+    info = dict(kind=self.kind, vocab_size=self.vocab_size, pad_id=self.pad_id,
                 bos_id=self.bos_id, eos_id=self.eos_id, model_type="byte",
                 normalization_rule_name="identity", byte_fallback=True)
+    return dict(info, mask_id=self.mask_id) if self._mask else info
 
 
 def _sentences(documents: Iterable[str]) -> Iterator[str]:
@@ -159,11 +174,13 @@ class SentencePieceTokenizer(Tokenizer):
             character_coverage: float = 1.0, normalization_rule_name: str = "identity",
             max_train_bytes: int | None = None,
             max_train_sentences: int = SP_MAX_TRAIN_SENTENCES,
-            num_threads: int = 2, extra_info: dict | None = None) -> "SentencePieceTokenizer":
+            num_threads: int = 2, extra_info: dict | None = None,
+            mask: bool = False) -> "SentencePieceTokenizer":
     """Trains in memory on a sample of `documents` (see `training_sentences`).
 
     `max_train_bytes` defaults to SP_MAX_TRAIN_BYTES[model_type]; `extra_info` (e.g. the
-    corpus fingerprint) is recorded in describe().
+    corpus fingerprint) is recorded in describe(). mask=True adds MASK_PIECE as a
+    user-defined symbol (one id, never split) for masked-LM training.
     """
     import sentencepiece as spm
     if model_type not in SP_MAX_TRAIN_BYTES:
@@ -178,6 +195,8 @@ class SentencePieceTokenizer(Tokenizer):
         normalization_rule_name=normalization_rule_name, byte_fallback=True,
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
         allow_whitespace_only_pieces=True, pad_id=0, bos_id=1, eos_id=2, unk_id=3)
+    if mask:
+      settings["user_defined_symbols"] = [MASK_PIECE]
     start = time.perf_counter()
     writer = io.BytesIO()
     try:
@@ -203,6 +222,11 @@ class SentencePieceTokenizer(Tokenizer):
   bos_id = property(lambda self: self._sp.bos_id())
   eos_id = property(lambda self: self._sp.eos_id())
   unk_id = property(lambda self: self._sp.unk_id())
+
+  @property
+  def mask_id(self) -> int | None:
+    i = self._sp.piece_to_id(MASK_PIECE)
+    return None if self._sp.IsUnknown(i) or self._sp.id_to_piece(i) != MASK_PIECE else i
 
   def encode(self, text: str) -> list[int]:
     if _META in text:
@@ -231,8 +255,9 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.id_to_piece(int(i))
 
   def describe(self) -> dict:
-    return dict(self._info, kind=self.kind, vocab_size=self.vocab_size, pad_id=self.pad_id,
+    info = dict(self._info, kind=self.kind, vocab_size=self.vocab_size, pad_id=self.pad_id,
                 bos_id=self.bos_id, eos_id=self.eos_id, unk_id=self.unk_id)
+    return info if self.mask_id is None else dict(info, mask_id=self.mask_id)
 
   def _model_bytes(self) -> bytes:
     return self._proto
@@ -258,17 +283,22 @@ def load_tokenizer(directory: str) -> Tokenizer:
                      "from a backup or retrain (delete it if it is a cache entry)") from None
   kind = info.get("kind")
   if kind == ByteTokenizer.kind:
-    return ByteTokenizer()
+    return ByteTokenizer(mask=info.get("mask_id") is not None)
   if kind == SentencePieceTokenizer.kind:
     model_path = os.path.join(directory, SP_MODEL_FILE)
     with open(model_path, "rb") as f:
       proto = f.read()
     settings = {k: v for k, v in info.items()
-                if k not in ("kind", "vocab_size", "pad_id", "bos_id", "eos_id", "unk_id")}
+                if k not in ("kind", "vocab_size", "pad_id", "bos_id", "eos_id", "unk_id",
+                             "mask_id")}
     try:
       return SentencePieceTokenizer(proto, settings)
     except (RuntimeError, OSError, TypeError) as e:
       raise ValueError(f"{model_path} is not a valid sentencepiece model ({e}): the tokenizer "
                        "is damaged; restore it from a backup or retrain (delete it if it is a "
                        "cache entry)") from None
-  raise ValueError(f"{path}: unknown tokenizer kind {kind!r} (expected 'byte' or 'sentencepiece')")
+  if kind == "hf":  # a Hugging Face tokenizer.json (model/hf/tokenizer.py)
+    from model.hf import tokenizer as hf_tokenizer  # pylint: disable=g-import-not-at-top
+    return hf_tokenizer.load(directory, info)
+  raise ValueError(f"{path}: unknown tokenizer kind {kind!r} (expected 'byte', "
+                   "'sentencepiece' or 'hf')")

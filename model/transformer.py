@@ -19,6 +19,7 @@ from model.layers import (Embed, LearnedPositions, Mlp, Norm, Projection, param_
                           sinusoidal_positions)
 from model.peft import PeftConfig, count_params  # noqa: F401  (count_params re-exported)
 from model.quant import QuantConfig
+from model.quant_embed import QuantEmbed
 
 _ACT_BLD = ("act_batch", "act_length", "act_embed")
 _REMAT_POLICIES = {
@@ -118,8 +119,44 @@ def _group_cls(config: ModelConfig):
                   prevent_cse=not config.scan_layers)
 
 
+class CachedBlockGroup(nn.Module):
+  """A BlockGroup for cached decoding (same parameters): the whole stacked cache rides in
+  the carry and every block writes only its new k/v rows into it, in place.
+
+  Going through scan inputs / outputs instead would copy the full cache several times per
+  decode step. `__call__((x_BLD, k_cache, v_cache), positions_BL, mask, lengths_B,
+  group_index)` -> ((x_BLD, k_cache, v_cache), aux); caches are [n_layers, B, S, K, H].
+  """
+  config: ModelConfig
+  peft: PeftConfig = PeftConfig()
+  deterministic: bool = True
+  quant: QuantConfig = QuantConfig()
+
+  @nn.compact
+  def __call__(self, carry, positions_BL, mask: Mask, lengths_B, group_index):
+    c = self.config
+    g = group_size(c)
+    x_BLD, k_cache, v_cache = carry
+    auxes = []
+    for i in range(g):
+      block = Block(c, self.peft, moe=c.is_moe_layer(i), deterministic=self.deterministic,
+                    quant=self.quant, name=f"block_{i}")
+      x_BLD, aux, (k_cache, v_cache) = block(x_BLD, positions_BL, mask,
+                                             (k_cache, v_cache, lengths_B, group_index * g + i))
+      if aux:
+        auxes.append(aux)
+    aux = {}
+    if auxes:
+      aux = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a).astype(jnp.float32)), *auxes)
+    return (x_BLD, k_cache, v_cache), aux
+
+
 class Transformer(nn.Module):
-  """Decoder-only LM, optionally with a PEFT method (model/peft.py).
+  """Decoder-only LM or (model.arch="encoder") bidirectional encoder, optionally with PEFT.
+
+  An encoder uses the same blocks under `Mask.bidirectional()` (the default for mask=None;
+  pass Mask.bidirectional(segment_ids_BL) to mask padding, segment 0) and has no cache; its
+  logits_BLV are the masked-LM predictions at every position.
 
   `__call__(tokens_BL, positions_BL=None, cache=None, *, mask=None, prepend_prompt=None,
   deterministic=True)`. Without a cache returns (logits_BLV float32, aux); with one
@@ -136,8 +173,10 @@ class Transformer(nn.Module):
   deterministic=False enables LoRA dropout (needs a "dropout" rng).
   return_hidden=True (no cache) returns (logits_BLV, aux, hidden_BLD), hidden_BLD the
   final-normed states the logits are read from (reward / value heads use them).
+  logits_at_B (int32 [B]): compute logits only at that position of each row, returning
+  logits_B1V (a prefill needs just the last prompt token's, not [B, L, V] float32).
   quant (model/quant.py): projections stored as int8 / int4 (scheme) or fake-quantized
-  (qat); the embedding table stays float.
+  (qat); the embedding table too with quant.include_embed (model/quant_embed.py).
   Params: embed, [pos_embed], [soft_prompt], layers | layers_i, [final_norm], [unembed];
   final_norm exists only for pre-norm (post-norm blocks already end in a norm).
   """
@@ -148,11 +187,13 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, cache=None, *, mask: Mask | None = None,
                prepend_prompt: bool | None = None, deterministic: bool = True,
-               return_hidden: bool = False):
+               return_hidden: bool = False, logits_at_B=None):
     c, peft = self.config, self.peft
     if tokens_BL.ndim != 2:
       raise ValueError(f"tokens must be [batch, length], got shape {tokens_BL.shape}")
     b, l = tokens_BL.shape
+    if c.arch == "encoder":
+      mask = _encoder_mask(mask, cache)
     mask = Mask.causal() if mask is None else mask
     if prepend_prompt is None:
       if cache is not None and peft.n_prompt:
@@ -166,6 +207,8 @@ class Transformer(nn.Module):
       _check_cache(c, cache, b, l + p)
     offset_B1 = (jnp.zeros((b, 1), jnp.int32) if cache is None
                  else cache["lengths"][:, None].astype(jnp.int32))
+    # Default positions without packing or a cache are 0..L-1 in every row (see LearnedPositions).
+    contiguous = positions_BL is None and mask.segment_ids_BL is None and cache is None
     if positions_BL is None:
       positions_BL = mask.positions_BL(b, l) + offset_B1
     elif positions_BL.shape != (b, l):
@@ -175,7 +218,8 @@ class Transformer(nn.Module):
                        f"model.max_len={c.max_len} of the learned position table; raise "
                        "--config.model.max_len")
 
-    embed = Embed(c, name="embed")
+    embed = (QuantEmbed(c, self.quant, name="embed") if self.quant.applies("embed")
+             else Embed(c, name="embed"))
     x_BLD = embed(tokens_BL)
     if peft.n_prompt:
       prompt_PD = self._soft_prompt(embed)
@@ -187,13 +231,15 @@ class Transformer(nn.Module):
       if mask.kind == "prefix":
         mask = Mask.prefix(mask.prefix_lengths_B + p)
     if c.pos_encoding == "learned":
-      x_BLD = x_BLD + LearnedPositions(c, name="pos_embed")(positions_BL)
+      x_BLD = x_BLD + LearnedPositions(c, name="pos_embed")(positions_BL, contiguous)
     elif c.pos_encoding == "sinusoidal":
       x_BLD = x_BLD + sinusoidal_positions(positions_BL, c.d_model).astype(compute_dtype(c))
     x_BLD = sharding.constrain(x_BLD, _ACT_BLD)
 
     x_BLD, aux, new_kv = self._layers(x_BLD, positions_BL, mask, cache, deterministic)
     x_BLD = x_BLD[:, p:]
+    if logits_at_B is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None].astype(jnp.int32), axis=1)
 
     if c.norm_position == "pre":
       x_BLD = Norm(c, name="final_norm")(x_BLD)
@@ -233,17 +279,17 @@ class Transformer(nn.Module):
   def _layers(self, x_BLD, positions_BL, mask, cache, deterministic):
     """Runs all groups; returns (x, aux averaged over groups, (k, v) or None)."""
     c, peft = self.config, self.peft
-    g = group_size(c)
-    n_groups = c.n_layers // g
-    group_cls = _group_cls(c)
-    cache_args = ()
-    if cache is not None:
-      split = lambda a: a.reshape((n_groups, g) + a.shape[1:])
-      cache_args = (split(cache["k"]), split(cache["v"]), cache["lengths"])
+    n_groups = c.n_layers // group_size(c)
+    if cache is None:
+      group_cls, carry, args = _group_cls(c), x_BLD, (positions_BL, mask)
+    else:  # the cache is carried and updated in place (CachedBlockGroup)
+      group_cls, carry = CachedBlockGroup, (x_BLD, cache["k"], cache["v"])
+      args = (positions_BL, mask, cache["lengths"])
 
     if c.scan_layers:
-      in_axes = (nn.broadcast, nn.broadcast) + ((0, 0, nn.broadcast) if cache is not None
-                                                else ())
+      in_axes = (nn.broadcast,) * len(args)
+      if cache is not None:
+        in_axes, args = in_axes + (0,), args + (jnp.arange(n_groups, dtype=jnp.int32),)
       split_rngs = {"params": True}
       if not deterministic and peft.method == "lora" and peft.dropout > 0:
         split_rngs["dropout"] = True  # a fresh dropout mask per layer
@@ -251,23 +297,34 @@ class Transformer(nn.Module):
           group_cls, variable_axes={"params": 0, "intermediates": 0},
           split_rngs=split_rngs, in_axes=in_axes, length=n_groups,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, ys = scanned(c, peft, deterministic, self.quant, name="layers")(
-          x_BLD, positions_BL, mask, *cache_args)
+      carry, aux = scanned(c, peft, deterministic, self.quant, name="layers")(carry, *args)
     else:
       outs = []
       for i in range(n_groups):
-        args = () if cache is None else (cache_args[0][i], cache_args[1][i], cache_args[2])
         group = group_cls(c, peft, deterministic, self.quant, name=f"layers_{i}")
-        x_BLD, y = group(x_BLD, positions_BL, mask, *args)
+        carry, y = group(carry, *args, *(() if cache is None else (i,)))
         outs.append(y)
-      ys = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+      aux = jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
-    aux, kv = (ys, None) if cache is None else (ys[0], ys[1:])
     aux = jax.tree.map(jnp.mean, aux)
-    if kv is not None:
-      merge = lambda a: a.reshape((c.n_layers,) + a.shape[2:])
-      kv = (merge(kv[0]), merge(kv[1]))
-    return x_BLD, aux, kv
+    if cache is None:
+      return carry, aux, None
+    x_BLD, k_cache, v_cache = carry
+    return x_BLD, aux, (k_cache, v_cache)
+
+
+def _encoder_mask(mask: Mask | None, cache) -> Mask:
+  """An encoder-only model sees every (non-padding) token: bidirectional, never cached."""
+  if cache is not None:
+    raise ValueError("an encoder-only model (model.arch=encoder) has no KV cache and does not "
+                     "generate text; use it for masked-LM, classification or embeddings "
+                     "(python -m infer.embed), or train a decoder / encoder_decoder run")
+  if mask is None:
+    return Mask.bidirectional()
+  if mask.kind != "bidirectional":
+    raise ValueError(f"an encoder-only model takes a bidirectional mask, got {mask.kind!r}; "
+                     "pass Mask.bidirectional(segment_ids_BL) (0 = padding)")
+  return mask
 
 
 def _check_cache(config: ModelConfig, cache, batch: int, length: int) -> None:

@@ -88,6 +88,10 @@ def test_user_errors_name_the_fix(runs):
   proc = _run(["infer.generate", f"--workdir={root / 'base'}", "--sampler=best_of_n",
                f"--scorer={root / 'base'}", "--prompt=hi"], check=False)
   assert proc.returncode != 0 and "not a reward model" in proc.stderr
+  # A reward model does not generate: the message names what to use instead.
+  proc = _run(["infer.generate", f"--workdir={root / 'rm'}", "--prompt=hi"], check=False)
+  assert proc.returncode != 0 and "is a reward model" in proc.stderr
+  assert f"--scorer={root / 'rm'}" in proc.stderr and "infer.judge" in proc.stderr
   proc = _run(["train.main", "--config=experiments/grpo.py:tiny", f"--workdir={root / 'bad'}",
                f"--init_from={root / 'base'}", "--config.rl.reward=model"], check=False)
   assert proc.returncode != 0 and "--config.rl.reward_model=RM_RUN_DIR" in proc.stderr

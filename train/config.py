@@ -19,10 +19,13 @@ from model.mesh import MeshConfig
 from model.peft import PeftConfig
 from model.quant import QuantConfig
 
-OBJECTIVES = ("lm", "sft", "distill", "reward", "dpo", "grpo", "ppo")
+OBJECTIVES = ("lm", "sft", "distill", "reward", "dpo", "grpo", "ppo", "mlm", "classify",
+              "seq2seq")
 PREFERENCE_LOSSES = ("dpo", "ipo", "simpo")
 RL_REWARDS = ("task", "model")
-HEADS = ("lm", "reward", "value")  # what the model outputs (model/reward_head.py)
+HEADS = ("lm", "reward", "value", "classify")  # model/reward_head.py, model/pooling_head.py
+POOLINGS = ("mean", "first")  # model/pooling_head.py
+LABEL_TASKS = ("auto", "classification", "regression")
 KL_ESTIMATORS = ("k1", "k3")
 DISTILL_METHODS = ("logits", "data", "on_policy")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -41,7 +44,8 @@ def _check_range(name: str, value: float, low: float, high: float, low_open: boo
       bound = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     raise ValueError(f"{name}={value} must be a finite number {bound}; "
                      f"set --config.{name} accordingly")
-DATA_KINDS = ("text", "sft", "preference", "rollout")
+DATA_KINDS = ("text", "sft", "preference", "rollout", "mlm", "labelled", "seq2seq",
+              "span_corruption")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,7 @@ class DataConfig:
   # Fine-tuning data (kind="sft"): `data` is a jsonl of {prompt, response} or {messages};
   # "" means the embedded instruction tasks (train/data/tasks.py).
   kind: str = "text"  # "text" (a corpus) | "sft" | "preference" (pairs) | "rollout" (RL prompts)
+  # | "mlm" (a corpus, masked: train/data/mlm.py) | "labelled" ({text, label} jsonl)
   chat_template: str = "plain"  # model/chat.py TEMPLATES; recorded in the run directory
   pack: bool = True  # several examples per row, separated by segment ids
   sft_train_per_task: int = 2000  # embedded tasks: training examples per task
@@ -68,6 +73,18 @@ class DataConfig:
   # {messages, chosen, rejected}; "" means pairs generated from the embedded tasks.
   pref_train_per_task: int = 400  # embedded pairs per task (train split)
   pref_heldout_per_task: int = 20  # embedded pairs per task (held-out prompts)
+  # Seq2seq data (kind="seq2seq", train/data/seq2seq.py): `data` is a jsonl of {source,
+  # target}; "" means the embedded number-words set. seq_len is the target (decoder) length.
+  source_len: int = 0  # encoder length; 0 means seq_len
+  seq2seq_train: int = 20000  # embedded set: training pairs
+  seq2seq_heldout: int = 200  # embedded set: pairs of never-trained numbers, for scoring
+  seq2seq_directions: str = "all"  # embedded set: "all" or e.g. "pt->en,en->digits"
+  seq2seq_max_number: int = 9999  # embedded set: numbers 0..this
+  # Span corruption (kind="span_corruption", train/data/span_corruption.py): corpus windows
+  # of source_len tokens -> T5 sentinel source / target rows (target length seq_len).
+  span_noise_density: float = 0.15
+  span_mean_length: float = 3.0
+  span_sentinels: int = 8  # ids above the tokenizer's vocabulary
 
   def __post_init__(self):
     if self.kind not in DATA_KINDS:
@@ -76,7 +93,10 @@ class DataConfig:
       raise ValueError(f"data.seq_len must be >= 1, got {self.seq_len}")
     _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True,
                  high_open=True)
-    for name in ("sft_train_per_task", "sft_heldout_per_task"):
+    if self.source_len < 0:
+      raise ValueError(f"data.source_len must be >= 0 (0 = seq_len), got {self.source_len}")
+    for name in ("sft_train_per_task", "sft_heldout_per_task", "seq2seq_train",
+                 "seq2seq_heldout"):
       if getattr(self, name) < 1:
         raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -208,6 +228,41 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MlmConfig:
+  """Masked-LM corruption (train/data/mlm.py): BERT's selection and 80/10/10 replacement."""
+  mask_rate: float = 0.15  # share of (non-padding) tokens selected for prediction
+  mask_fraction: float = 0.8  # of the selected: replaced by [MASK]
+  random_fraction: float = 0.1  # of the selected: replaced by a random token (rest kept)
+  span_mean: float = 0.0  # > 0: select whole spans of ~this mean length (span corruption)
+
+  def __post_init__(self):
+    _check_range("mlm.mask_rate", self.mask_rate, 0.0, 1.0, low_open=True, high_open=True)
+    _check_range("mlm.mask_fraction", self.mask_fraction, 0.0, 1.0)
+    _check_range("mlm.random_fraction", self.random_fraction, 0.0, 1.0)
+    if self.mask_fraction + self.random_fraction > 1.0:
+      raise ValueError(f"mlm.mask_fraction + mlm.random_fraction = "
+                       f"{self.mask_fraction + self.random_fraction} must be <= 1")
+    _check_range("mlm.span_mean", self.span_mean, 0.0, 64.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig:
+  """Sequence classification / regression on a pooled encoder state (model/pooling_head.py)."""
+  pooling: str = "mean"  # "mean" over non-padding tokens | "first" token
+  task: str = "auto"  # "auto": float labels -> regression, else classification
+  n_labels: int = 0  # 0: from the data (classes seen; 1 output for regression)
+
+  def __post_init__(self):
+    for name, value, choices in (("pooling", self.pooling, POOLINGS),
+                                 ("task", self.task, LABEL_TASKS)):
+      if value not in choices:
+        raise ValueError(f"classify.{name}={value!r} is not one of {choices}; set "
+                         f"--config.classify.{name} to one of them")
+    if self.n_labels < 0:
+      raise ValueError(f"classify.n_labels must be >= 0, got {self.n_labels}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   model: ModelConfig = ModelConfig()
   peft: PeftConfig = PeftConfig()
@@ -217,7 +272,10 @@ class Config:
   quant: QuantConfig = QuantConfig()  # training: qat only (QLoRA: peft.base_quant)
   distill: DistillConfig = DistillConfig()
   rl: RlConfig = RlConfig()
+  mlm: MlmConfig = MlmConfig()
+  classify: ClassifyConfig = ClassifyConfig()
   head: str = "lm"  # "lm" (next-token logits) | "reward" (a scalar per sequence: reward model)
+  # | "classify" (pooled encoder state -> labels: model/pooling_head.py)
 
   def __post_init__(self):
     if self.head not in HEADS:
@@ -228,7 +286,19 @@ class Config:
     if (self.head == "value") != (self.train.objective == "ppo"):
       raise ValueError("PPO needs its critic: --config.head=value with "
                        "--config.train.objective=ppo (use experiments/ppo.py)")
+    self._check_encoder_objectives()
     self._check_compression()
+
+  def _check_encoder_objectives(self):
+    objective, kind = self.train.objective, self.data.kind
+    if (self.head == "classify") != (objective == "classify"):
+      raise ValueError("a classifier needs --config.head=classify with "
+                       "--config.train.objective=classify (use experiments/encoder.py:classify)")
+    for name, want in (("mlm", "mlm"), ("classify", "labelled")):
+      if (objective == name) != (kind == want):
+        raise ValueError(f"--config.train.objective={name} goes with --config.data.kind={want} "
+                         f"(got objective={objective!r}, data.kind={kind!r}); use "
+                         "experiments/encoder.py")
 
   def _check_compression(self):
     if self.quant.scheme != "none":

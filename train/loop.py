@@ -84,7 +84,8 @@ def evaluate(trainer: Trainer, state, frozen, val_ds, config: Config) -> dict:
 
 
 _VAL_EXTRA_METRICS = frozenset(("reward_accuracy", "reward_margin", "chosen_reward",
-                                "rejected_reward", "preference_loss"))
+                                "rejected_reward", "preference_loss", "accuracy",
+                                "squared_error"))
 
 
 def _count(tree) -> int:
@@ -170,7 +171,8 @@ def _train(config: Config, workdir: str, stop_at_step: int | None) -> dict:
   train_config = config.train
   seq_len = config.data.seq_len
   tokens_per_step = train_config.batch_size * seq_len
-  flops_per_token = flops.flops_per_token(config.model, seq_len, "exact")
+  flops_per_token = flops.flops_per_token(config.model, seq_len, "exact",
+                                          source_len=config.data.source_len)
   peak_per_device, peak_source = peak_flops_per_device(config)
   peak_total = peak_per_device * jax.device_count()
   counts = flops.param_counts(config.model)
@@ -245,8 +247,11 @@ def _train(config: Config, workdir: str, stop_at_step: int | None) -> dict:
         if bool(any_nonfinite):
           raise TrainingDiverged(f"loss became NaN/inf by step {step}; not saving. The last good "
                                  f"checkpoint (step {last_saved}) is intact.")
-        store.save_checkpoint(manager, step, trainer.full_params(state, frozen),
-                              trainer.train_state_item(state), force=True)
+        item = trainer.train_state_item(state)
+        if hasattr(train_ds, "checkpoint_state"):  # RL: the rollout in use, the KL coef
+          item = dict(item, rl=train_ds.checkpoint_state(train_config.batch_size))
+        store.save_checkpoint(manager, step, trainer.full_params(state, frozen), item,
+                              force=True)
         last_saved = step
       if stop.signal:
         logging.warning("stopped (%s) at step %d; rerun the same command to resume",

@@ -42,7 +42,14 @@ class RunData:
 
 
 def build_run_data(data_config: DataConfig, tokenizer: Tokenizer | None = None,
-                   seed: int = 0, rl_config=None, ppo: bool = False) -> RunData:
+                   seed: int = 0, rl_config=None, ppo: bool = False,
+                   run_config=None) -> RunData:
+  if data_config.kind == "seq2seq":  # encoder-decoder data: train/data/seq2seq.py
+    return _seq2seq_data(data_config, tokenizer, seed)
+  if data_config.kind == "span_corruption":  # train/data/span_corruption.py
+    return _span_corruption_data(data_config, tokenizer)
+  if data_config.kind in ("mlm", "labelled"):  # encoder data: train/data/mlm.py, labelled.py
+    return _encoder_data(data_config, tokenizer, seed, run_config)
   if data_config.kind == "text":
     tokenizer, train_ds, val_ds, info = build_datasets(data_config, tokenizer=tokenizer)
     return RunData(tokenizer, train_ds, val_ds, info)
@@ -61,6 +68,64 @@ def build_run_data(data_config: DataConfig, tokenizer: Tokenizer | None = None,
       n_heldout_per_task=data_config.sft_heldout_per_task, seed=seed)
   info = dict(info, tokenizer=tokenizer.describe(), chat_template=template.name)
   return RunData(tokenizer, train_ds, val_ds, info, heldout=heldout, template=template)
+
+
+def _encoder_data(data_config: DataConfig, tokenizer: Tokenizer | None, seed: int,
+                  run_config) -> RunData:
+  """kind="mlm": corpus windows, masked; kind="labelled": {text, label} rows."""
+  if data_config.kind == "mlm":
+    from train.data.mlm import MlmDataset, require_mask_id  # pylint: disable=g-import-not-at-top
+    if tokenizer is not None:
+      require_mask_id(tokenizer)  # before tokenizing a corpus with it
+    tokenizer, train_ds, val_ds, info = build_datasets(data_config, tokenizer=tokenizer)
+    mlm_config = run_config.mlm
+    return RunData(tokenizer, MlmDataset(train_ds, tokenizer, mlm_config),
+                   MlmDataset(val_ds, tokenizer, mlm_config),
+                   dict(info, mlm=dataclasses.asdict(mlm_config)))
+  from train.data.labelled import build_labelled_datasets  # pylint: disable=g-import-not-at-top
+  if tokenizer is None:
+    corpus_config = dataclasses.replace(data_config, data="", kind="text")
+    logging.info("no --init_from: using the embedded corpus's tokenizer for labelled data")
+    tokenizer = get_tokenizer(corpus_config, corpus_lib.load_corpus(corpus_config))
+  task = run_config.classify.task if run_config is not None else "auto"
+  train_ds, val_ds, info = build_labelled_datasets(tokenizer, data_config, task, seed)
+  return RunData(tokenizer, train_ds, val_ds, dict(info, tokenizer=tokenizer.describe()))
+
+
+def _seq2seq_data(data_config: DataConfig, tokenizer: Tokenizer | None,
+                  seed: int) -> RunData:
+  """kind="seq2seq": {source, target} rows (a jsonl, or the embedded number words)."""
+  from train.data.seq2seq import build_seq2seq_datasets  # pylint: disable=g-import-not-at-top
+  if tokenizer is None:
+    corpus_config = dataclasses.replace(data_config, data="", kind="text")
+    logging.info("no --init_from: the embedded corpus's tokenizer (%s) for seq2seq data",
+                 data_config.tokenizer)
+    corpus = (None if data_config.tokenizer == "byte"  # bytes need no corpus
+              else corpus_lib.load_corpus(corpus_config))
+    tokenizer = get_tokenizer(corpus_config, corpus)
+  train_ds, val_ds, heldout, info = build_seq2seq_datasets(
+      tokenizer, data_config.source_len or data_config.seq_len, data_config.seq_len,
+      data_path=data_config.data, n_train=data_config.seq2seq_train,
+      n_heldout=data_config.seq2seq_heldout, seed=seed,
+      directions=data_config.seq2seq_directions, max_number=data_config.seq2seq_max_number,
+      val_fraction=max(data_config.val_fraction, 0.02))
+  del heldout  # scored by decoding (experiments/architectures.py), not by task_eval's checkers
+  return RunData(tokenizer, train_ds, val_ds, dict(info, tokenizer=tokenizer.describe()))
+
+
+def _span_corruption_data(data_config: DataConfig,
+                          tokenizer: Tokenizer | None) -> RunData:
+  """kind="span_corruption": corpus windows of source_len tokens, T5-corrupted per batch."""
+  from train.data import span_corruption  # pylint: disable=g-import-not-at-top
+  text_config = dataclasses.replace(data_config, kind="text",
+                                    seq_len=data_config.source_len or data_config.seq_len)
+  tokenizer, train_ds, val_ds, info = build_datasets(text_config, tokenizer=tokenizer)
+  tokenizer = span_corruption.with_sentinels(tokenizer, data_config.span_sentinels)
+  make = lambda ds: span_corruption.SpanCorruptionDataset(
+      ds, tokenizer, data_config.seq_len, data_config.span_noise_density,
+      data_config.span_mean_length)
+  return RunData(tokenizer, make(train_ds), make(val_ds),
+                 dict(info, kind="span_corruption", sentinel_ids=tokenizer.sentinel_ids))
 
 
 def _alignment_data(data_config: DataConfig, tokenizer: Tokenizer, template, seed: int,

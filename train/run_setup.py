@@ -190,10 +190,15 @@ def start_run(config: Config, workdir: str, mesh) -> Start:
     logging.info("prompt tuning prepends the soft prompt to each row: packing turned off")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, pack=False))
   data = build_run_data(config.data, tokenizer, seed=config.train.seed, rl_config=config.rl,
-                        ppo=config.train.objective == "ppo")
+                        ppo=config.train.objective == "ppo", run_config=config)
+  if config.data.kind == "labelled":  # the classifier's outputs come from the labels seen
+    from train.data.labelled import fit_label_config  # pylint: disable=g-import-not-at-top
+    config = fit_label_config(config, data.info)
   if config.train.objective == "distill" and config.distill.method == "data":
     from train.data.teacher_text import with_teacher_text  # pylint: disable=g-import-not-at-top
-    data = with_teacher_text(config, data, workdir, config.mesh)
+    data, write_synthetic = with_teacher_text(config, data, workdir, config.mesh)
+  else:
+    write_synthetic = lambda: None
   if tokenizer is None:
     config = fit_vocab_to_tokenizer(config, data.tokenizer.vocab_size)
   data.info = dict(data.info, resume_fingerprint=data_fingerprint(
@@ -204,8 +209,13 @@ def start_run(config: Config, workdir: str, mesh) -> Start:
   trainer = Trainer(config, mesh)
   trainer.check_batch_size()
   if store.checkpoint_steps(workdir):
-    params, train_state, step = store.restore_train_state(
-        workdir, trainer.abstract_params, trainer.abstract_train_state())
+    abstract = trainer.abstract_train_state()
+    if hasattr(data.train, "checkpoint_state"):  # RL: the rollout in use, the KL coef
+      abstract["rl"] = data.train.abstract_checkpoint_state(config.train.batch_size)
+    params, train_state, step = store.restore_train_state(workdir, trainer.abstract_params,
+                                                          abstract)
+    if "rl" in abstract:
+      data.train.restore_checkpoint_state(train_state.pop("rl"))
     state, frozen = trainer.resume(params, train_state, _reference(config, trainer))
     how = "resumed"
     logging.info("resumed from %s at step %d", workdir, step)
@@ -222,4 +232,6 @@ def start_run(config: Config, workdir: str, mesh) -> Start:
   # Only now, with the state restored or built, is anything in the run directory written.
   manager = store.checkpoint_manager(workdir, keep=config.train.keep_checkpoints)
   _write_run_files(workdir, config, data)
+  if jax.process_index() == 0:
+    write_synthetic()
   return Start(config, data, trainer, manager, state, frozen, how)

@@ -23,8 +23,9 @@ import optax
 
 from model import peft, quant, sharding
 from model.peft import PeftConfig
+from model.pooling_head import CLASSIFY_PARAMS, Classifier
 from model.reward_head import CRITIC_PARAMS, HEAD_PARAMS, PolicyWithValue, RewardModel
-from model.transformer import Transformer
+from model.encoder_decoder import init_params, make_model
 from train.config import Config
 from train.objectives import make_objective
 from train.optimizer import learning_rate_schedule, make_optimizer
@@ -64,7 +65,11 @@ class Trainer:
     self.config = config
     self.mesh = mesh
     heads = {"reward": RewardModel, "value": PolicyWithValue}  # model/reward_head.py
-    self.model = heads.get(config.head, Transformer)(config.model, config.peft)
+    self.model = (heads[config.head](config.model, config.peft) if config.head in heads
+                  else make_model(config.model, config.peft))  # by model.arch
+    if config.head == "classify":  # model/pooling_head.py; n_labels set from the data
+      self.model = Classifier(config.model, config.peft, max(config.classify.n_labels, 1),
+                              config.classify.pooling)
     if config.model_quant != quant.QuantConfig():  # QAT, or QLoRA's quantized base
       self.model = self.model.clone(quant=config.model_quant)
     self.objective = make_objective(config.train.objective, self.model, config)
@@ -126,17 +131,17 @@ class Trainer:
     return jnp.zeros((1, self.config.data.seq_len), jnp.int32)
 
   def _init_params_boxed(self, rng):
-    return self.model.init(rng, self._example_tokens())["params"]
+    return init_params(self.model, rng, self._example_tokens())
 
   def _init_base_boxed(self, rng):
     """Parameters of the same model without PEFT additions: what --init_from reads."""
-    return Transformer(self.config.model, PeftConfig()).init(
-        rng, self._example_tokens())["params"]
+    return init_params(make_model(self.config.model, PeftConfig()), rng,
+                       self._example_tokens())
 
   def split(self, params):
     """Full parameter tree -> (trainable, frozen dict)."""
     trainable, frozen_model = peft.split(params, self.config.peft)
-    for name in HEAD_PARAMS:  # a reward head is trained whatever the PEFT method
+    for name in HEAD_PARAMS + CLASSIFY_PARAMS:  # heads train whatever the PEFT method
       if name in frozen_model:
         trainable[name] = frozen_model.pop(name)
     return trainable, ({"model": frozen_model} if frozen_model else {})
@@ -226,9 +231,10 @@ class Trainer:
   def _quantize_base(self, base_params):
     """Float base params -> the int8 / int4 base of this model (no PEFT leaves)."""
     q = self.config.model_quant
-    model = Transformer(self.config.model, PeftConfig(), q)
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), self._example_tokens()))
-    return jax.jit(lambda p: quant.quantize_params(p, target["params"], q))(base_params)
+    model = make_model(self.config.model, PeftConfig(), q)
+    target = jax.eval_shape(lambda: init_params(model, jax.random.key(0),
+                                                self._example_tokens()))
+    return jax.jit(lambda p: quant.quantize_params(p, target, q))(base_params)
 
   def resume(self, params, train_state: dict, reference=None):
     """(state, frozen) from a checkpoint's full params and its {step, opt_state}; a full

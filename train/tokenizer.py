@@ -8,8 +8,8 @@ import tempfile
 
 from absl import logging
 
-from model.tokenizer import (CONFIG_FILE, SP_MAX_TRAIN_BYTES, SP_MAX_TRAIN_SENTENCES,
-                             SP_VERSION, ByteTokenizer, SentencePieceTokenizer, Tokenizer,
+from model.tokenizer import (CONFIG_FILE, MASK_PIECE, SP_MAX_TRAIN_BYTES,
+                             SP_MAX_TRAIN_SENTENCES, SP_VERSION, ByteTokenizer, SentencePieceTokenizer, Tokenizer,
                              load_tokenizer)
 from train import corpus as corpus_lib
 
@@ -22,7 +22,14 @@ def tokenizer_cache_key(data_config, corpus: corpus_lib.Corpus) -> str:
                   val_fraction=data_config.val_fraction,
                   max_train_bytes=SP_MAX_TRAIN_BYTES.get(data_config.sp_model_type),
                   max_train_sentences=SP_MAX_TRAIN_SENTENCES, version=SP_VERSION)
+  if wants_mask(data_config):  # only then: older caches keep their keys
+    settings["mask_piece"] = MASK_PIECE
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def wants_mask(data_config) -> bool:
+  """Masked-LM data (data.kind="mlm") trains its tokenizer with a [MASK] symbol."""
+  return getattr(data_config, "kind", "text") == "mlm"
 
 
 def get_tokenizer(data_config, corpus: corpus_lib.Corpus,
@@ -33,7 +40,7 @@ def get_tokenizer(data_config, corpus: corpus_lib.Corpus,
   under `<cache_dir>/tokenizers/sp-<hash>`, written to a temporary directory then renamed.
   """
   if data_config.tokenizer == "byte":
-    return ByteTokenizer()
+    return ByteTokenizer(mask=wants_mask(data_config))
   if data_config.tokenizer != "sentencepiece":
     raise ValueError(f"unknown tokenizer {data_config.tokenizer!r}; set "
                      "--config.data.tokenizer=sentencepiece or byte")
@@ -50,7 +57,7 @@ def get_tokenizer(data_config, corpus: corpus_lib.Corpus,
   tokenizer = SentencePieceTokenizer.train(
       train_docs, vocab_size=data_config.sp_vocab_size, model_type=data_config.sp_model_type,
       character_coverage=data_config.sp_character_coverage,
-      extra_info=dict(corpus_fingerprint=corpus.fingerprint))
+      extra_info=dict(corpus_fingerprint=corpus.fingerprint), mask=wants_mask(data_config))
   os.makedirs(root, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
   try:

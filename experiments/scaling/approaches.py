@@ -5,7 +5,11 @@ non_embedding_params, non_embedding_flops). Every public function returns plain
 JSON-serialisable dicts.
 
 Bootstraps resample runs with replacement *within each budget* (so every resample keeps the
-sweep's design) and report percentile intervals; they are seeded and deterministic.
+sweep's design), redraw each point's seeds when the runs have several (runs.bootstrap_losses),
+and report percentile intervals; they are seeded and deterministic. Each bootstrapped approach
+also keeps its resamples' fitted laws under "samples" (power-law coefficients and the loss
+frontier for approaches 1-2, theta for approach 3): experiments/scaling/predict.py turns them
+into prediction intervals at any budget.
 """
 
 import math
@@ -15,8 +19,8 @@ import numpy as np
 
 from experiments.scaling import laws
 from experiments.scaling.parametric import HUBER_DELTA, fit_parametric
-from experiments.scaling.runs import (InsufficientDataError, RunTable, normalize_runs,
-                                      to_jsonable)
+from experiments.scaling.runs import (InsufficientDataError, RunTable, bootstrap_losses,
+                                      normalize_runs, seed_noise, to_jsonable)
 
 __all__ = ["InsufficientDataError", "RunTable", "normalize_runs", "to_jsonable", "approach1",
            "approach2", "approach3", "analyze", "unmet_requirements"]
@@ -79,6 +83,22 @@ def _budget_key(c: float) -> str:
   return f"{c:.4g}"
 
 
+def _resampled_losses(table: RunTable, n: int, seed: int) -> np.ndarray:
+  """(n, runs) losses of the bootstrap resamples: seeds redrawn per point (its own stream,
+  so a table without seeds resamples exactly as before)."""
+  return bootstrap_losses(table, n, np.random.default_rng([seed, 1]))
+
+
+def _frontier_summary(log_c_bg, loss_bg, mask_bg) -> tuple:
+  """(full-data frontier dict, resample columns) of L_opt(C) = E + A (C/C_ref)^-gamma; row 0
+  of the inputs is the full data, the others bootstrap resamples."""
+  fit = laws.fit_loss_frontier(log_c_bg, loss_bg, mask_bg)
+  full = {"E": fit["E"][0], "A": fit["A"][0], "gamma": fit["gamma"][0],
+          "log_c_ref": fit["log_c_ref"]}
+  return full, {"frontier_E": fit["E"][1:], "frontier_A": fit["A"][1:],
+                "frontier_gamma": fit["gamma"][1:]}
+
+
 # ----------------------------------------------------------------------------- approach 1
 
 
@@ -118,16 +138,25 @@ def approach1(runs, *, count: str = "total", method: str = "per_budget", bootstr
       "a": fit_n["exponent"], "b": fit_d["exponent"], "N_coefficient": fit_n["coefficient"],
       "D_coefficient": fit_d["coefficient"], "r2_N": fit_n["r2"], "r2_D": fit_d["r2"],
   }
+  if method == "per_budget":
+    log_c = np.log(c)
+    out["frontier"], _ = _frontier_summary(log_c[None], table.loss[idx][None], None)
   if bootstrap and method == "per_budget":
     w = _stratified_weights(table, bootstrap, np.random.default_rng(seed))
-    loss_bn = np.where(w > 0, table.loss[None], np.inf)
+    loss_bn = np.where(w > 0, _resampled_losses(table, bootstrap, seed), np.inf)
     pick_bg = np.stack([g[np.argmin(loss_bn[:, g], axis=1)] for g in table.groups()], axis=1)
     lc = np.log(np.broadcast_to(c, pick_bg.shape) if count == "total" else flops[pick_bg])
     mask = np.ones_like(lc, dtype=bool)
-    a_s, _ = _loglog_slopes(lc, np.log(params[pick_bg]), mask)
-    b_s, _ = _loglog_slopes(lc, np.log(table.tokens[pick_bg]), mask)
+    a_s, a_icpt = _loglog_slopes(lc, np.log(params[pick_bg]), mask)
+    b_s, b_icpt = _loglog_slopes(lc, np.log(table.tokens[pick_bg]), mask)
+    best_loss = np.take_along_axis(loss_bn, pick_bg, axis=1)
+    _, frontier = _frontier_summary(np.concatenate([np.log(c)[None], lc]),
+                                    np.concatenate([table.loss[idx][None], best_loss]),
+                                    np.concatenate([mask[:1], mask]))
     out["bootstrap"] = {"n": bootstrap, "seed": seed, "confidence": confidence,
                         "a": _interval(a_s, confidence), "b": _interval(b_s, confidence)}
+    out["samples"] = {"a": a_s, "log_N_coefficient": a_icpt, "b": b_s,
+                      "log_D_coefficient": b_icpt, **frontier}
   return to_jsonable(out)
 
 
@@ -135,7 +164,8 @@ def approach1(runs, *, count: str = "total", method: str = "per_budget", bootstr
 
 
 def _isoflop_group(x, y, w_bn, log_f, nominal_c):
-  """Weighted parabolas loss ~ c0 + c1 (x-xm) + c2 (x-xm)^2 for each weight row; vertex etc."""
+  """Weighted parabolas loss ~ c0 + c1 (x-xm) + c2 (x-xm)^2 for each weight row (y: one loss
+  per run, or one row of losses per weight row); vertex etc."""
   xm = float(x.mean())
   xc = x - xm
   design = np.stack([np.ones_like(xc), xc, xc * xc], axis=1)
@@ -205,10 +235,11 @@ def approach2(runs, *, count: str = "total", drop_flagged: bool = True, bootstra
   w_all = np.concatenate([np.ones((1, len(table))),
                           _stratified_weights(table, n_boot, rng) if n_boot else
                           np.zeros((0, len(table)))])
+  loss_all = np.concatenate([table.loss[None], _resampled_losses(table, n_boot, seed)])
   fits = []
   for g, idx in groups:
     nominal = table.budgets[g] if count == "total" else None
-    fit = _isoflop_group(np.log(params[idx]), table.loss[idx], w_all[:, idx],
+    fit = _isoflop_group(np.log(params[idx]), loss_all[:, idx], w_all[:, idx],
                          np.log(flops[idx]), nominal)
     fit["k"] = float(np.median(flops[idx] / (params[idx] * table.tokens[idx])))
     fits.append(fit)
@@ -220,6 +251,8 @@ def approach2(runs, *, count: str = "total", drop_flagged: bool = True, bootstra
   mask, used_clean = _select_budgets(upward, inside, drop_flagged)
   a_s, a_icpt = _loglog_slopes(log_c, log_n, mask)
   b_s, b_icpt = _loglog_slopes(log_c, log_d, mask)
+  loss_opt = np.stack([f["loss_opt"] for f in fits], 1)
+  frontier, frontier_samples = _frontier_summary(log_c, loss_opt, mask)
 
   warnings = []
   n_up, n_in = int(upward[0].sum()), int(inside[0].sum())
@@ -247,7 +280,7 @@ def approach2(runs, *, count: str = "total", drop_flagged: bool = True, bootstra
          "n_used": int(mask[0].sum()), "a": a_s[0], "b": b_s[0],
          "N_coefficient": math.exp(a_icpt[0]) if np.isfinite(a_icpt[0]) else None,
          "D_coefficient": math.exp(b_icpt[0]) if np.isfinite(b_icpt[0]) else None,
-         "warnings": warnings}
+         "frontier": frontier, "warnings": warnings}
   if n_boot:
     valid = np.isfinite(a_s[1:])
     tpp = np.exp(log_d[1:] - log_n[1:])
@@ -258,6 +291,8 @@ def approach2(runs, *, count: str = "total", drop_flagged: bool = True, bootstra
         "tokens_per_param": {_budget_key(b["C"]): _interval(tpp[:, j], confidence)
                              for j, b in enumerate(budgets)},
         "frac_vertex_in_range": float(inside[1:].mean())}
+    out["samples"] = {"a": a_s[1:], "log_N_coefficient": a_icpt[1:], "b": b_s[1:],
+                      "log_D_coefficient": b_icpt[1:], **frontier_samples}
   return to_jsonable(out)
 
 
@@ -313,13 +348,15 @@ def approach3(runs, *, count: str = "total", grid=DEFAULT_GRID, bootstrap: int =
     out["warnings"].append("fitted alpha or beta <= 0: no finite compute optimum")
   if bootstrap:
     w = _stratified_weights(table, int(bootstrap), np.random.default_rng(seed))
+    loss_bn = _resampled_losses(table, int(bootstrap), seed)
     keys = ("alpha", "beta", "E", "A", "B", "a", "b", "G")
     samples = {key: [] for key in keys}
-    tpp, n_conv = [], 0
-    for wi in w:
-      bf = fit_parametric(params, table.tokens, table.loss, weights=wi, delta=delta,
+    tpp, thetas, n_conv = [], [], 0
+    for wi, li in zip(w, loss_bn):
+      bf = fit_parametric(params, table.tokens, li, weights=wi, delta=delta,
                           grid=bootstrap_grid, extra_inits=fit["theta"])
       n_conv += bf["converged"]
+      thetas.append(bf["theta"])
       s = _law_summary(bf["theta"], budgets, k)
       for key in keys:
         samples[key].append(np.nan if s[key] is None else s[key])
@@ -330,6 +367,8 @@ def approach3(runs, *, count: str = "total", grid=DEFAULT_GRID, bootstrap: int =
         **{key: _interval(samples[key], confidence) for key in keys},
         "tokens_per_param": {_budget_key(c): _interval(tpp[:, j], confidence)
                              for j, c in enumerate(budgets)}}
+    out["samples"] = {"theta": np.array(thetas)}
+  out["theta"] = fit["theta"]
   return to_jsonable(out)
 
 
@@ -371,7 +410,8 @@ def analyze(runs, *, bootstrap: int = 1000, bootstrap_parametric: Optional[int] 
       "has_non_embedding": table.has_non_embedding, "budgets": table.budgets,
       "runs_per_budget": [int((table.group == g).sum()) for g in range(len(table.budgets))],
       "flops_per_param_token": float(np.median(table.flops / (table.params * table.tokens))),
-      "confidence": confidence, "seed": seed,
+      "confidence": confidence, "seed": seed, "seed_noise": seed_noise(table),
+      "seeds_per_point": [int(table.n_seeds.min()), int(table.n_seeds.max())],
       "reference": {"chinchilla": laws.CHINCHILLA, "epoch_ai": laws.EPOCH_AI,
                     "chinchilla_table2": laws.CHINCHILLA_TABLE2,
                     "chinchilla_table2_interval": laws.CHINCHILLA_TABLE2_INTERVAL,
@@ -396,6 +436,7 @@ def analyze(runs, *, bootstrap: int = 1000, bootstrap_parametric: Optional[int] 
           "approach2": attempt(approach2, count="non_embedding", bootstrap=bootstrap,
                                seed=seed, confidence=confidence)}
     for name in ("approach1", "approach2"):
+      ab[name].pop("samples", None)  # predictions use the total-count fits
       a_tot, a_ne = out[name].get("a"), ab[name].get("a")
       ab[name + "_shift"] = (None if a_tot is None or a_ne is None else
                              {"a_total": a_tot, "a_non_embedding": a_ne, "delta_a": a_ne - a_tot})

@@ -122,3 +122,46 @@ def theta_to_law(theta) -> dict:
 def law_to_theta(law: Mapping[str, float]) -> np.ndarray:
   return np.array([np.log(law["A"]), np.log(law["B"]), np.log(law["E"]),
                    law["alpha"], law["beta"]], dtype=np.float64)
+
+
+# The loss frontier: along the compute-optimal path the law gives L_opt(C) = E + A' C^-gamma
+# with gamma = alpha beta / (alpha + beta). Approaches 1 and 2 fit this form to their
+# per-budget optimum losses, which gives them a loss prediction too.
+FRONTIER_GAMMAS = np.geomspace(0.003, 1.5, 240)
+
+
+def fit_loss_frontier(log_c_bg, loss_bg, mask_bg=None, gammas=FRONTIER_GAMMAS) -> dict:
+  """L(C) = E + A (C / C_ref)^-gamma through the masked points of each row, by profile least
+  squares: for each gamma on a grid, (E, A) is linear least squares; the best gamma with
+  A > 0 and E >= 0 wins. Vectorised over rows (bootstrap resamples); rows with fewer than 3
+  points or no valid gamma get NaN. C_ref is exp(mean log C) of row 0."""
+  log_c = np.atleast_2d(np.asarray(log_c_bg, np.float64))
+  y = np.atleast_2d(np.asarray(loss_bg, np.float64))
+  m = np.ones_like(y, bool) if mask_bg is None else np.atleast_2d(mask_bg).astype(bool)
+  m = m & np.isfinite(log_c) & np.isfinite(y)
+  ref = float(np.nanmean(np.where(m[0], log_c[0], np.nan))) if m[0].any() else float(
+      np.nanmean(log_c))
+  x_bgk = np.exp(-gammas[None, None] * (np.where(m, log_c, ref) - ref)[..., None])
+  w = m[..., None].astype(np.float64)
+  y3 = np.where(m, y, 0.0)[..., None]
+  sw, sx, sy = w.sum(1), (w * x_bgk).sum(1), (w * y3).sum(1)
+  sxx, sxy = (w * x_bgk * x_bgk).sum(1), (w * x_bgk * y3).sum(1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    det = sw * sxx - sx * sx
+    a = (sw * sxy - sx * sy) / det
+    e = (sy - a * sx) / sw
+    sse = (w * (y3 - e[:, None] - a[:, None] * x_bgk) ** 2).sum(1)
+  valid = (a > 0) & (e >= 0) & (np.abs(det) > 1e-12 * sw * sxx) & (m.sum(1) >= 3)[:, None]
+  sse = np.where(valid, sse, np.inf)
+  best = np.argmin(sse, axis=1)
+  rows = np.arange(len(y))
+  ok = np.isfinite(sse[rows, best])
+  return {"E": np.where(ok, e[rows, best], np.nan), "A": np.where(ok, a[rows, best], np.nan),
+          "gamma": np.where(ok, gammas[best], np.nan), "log_c_ref": ref}
+
+
+def frontier_loss(compute, frontier: Mapping) -> np.ndarray:
+  """E + A (C / C_ref)^-gamma for a fitted frontier (arrays broadcast against C)."""
+  log_c = np.log(np.asarray(compute, np.float64))
+  return (np.asarray(frontier["E"]) + np.asarray(frontier["A"]) *
+          np.exp(-np.asarray(frontier["gamma"]) * (log_c - frontier["log_c_ref"])))

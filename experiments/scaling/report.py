@@ -147,6 +147,12 @@ def agreement_sentences(table, analysis: dict) -> list:
                  "Song (2024) and Porian et al. (2024) trace much of the Kaplan-Chinchilla gap "
                  "to this accounting in small models.")
       break
+  noise = analysis.get("seed_noise")
+  if noise:
+    out.append(f"Seed noise: {noise['seeds_per_point'][0]}-{noise['seeds_per_point'][1]} seeds "
+               f"per point; the held-out loss moves {noise['std']:.4f} nats "
+               f"({100 * noise['relative_std']:.2f}%) from seed to seed (pooled std). Losses "
+               "are seed-averaged and the bootstrap redraws the seeds.")
   if analysis.get("dropped_runs"):
     out.append(f"{len(analysis['dropped_runs'])} run(s) had a non-finite loss and were left out.")
   return out

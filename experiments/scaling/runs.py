@@ -5,6 +5,11 @@ columns `params`, `tokens`, `loss` and optionally `flops` (default 6*params*toke
 (the nominal compute budget C of the run's IsoFLOP group; without it runs whose flops are
 within ~5% of a neighbour share a group), `non_embedding_params` and `non_embedding_flops`
 (default 6*non_embedding_params*tokens).
+
+Seeds: with a `seed` column, runs of one budget group with the same params and tokens are one
+sweep point trained with several seeds. The table then holds one row per point with the
+seed-averaged loss, and keeps every seed's loss (`seed_loss`) for the seed-noise summary and
+the bootstrap, which redraws each point's seeds (see `bootstrap_losses`).
 """
 
 import dataclasses
@@ -19,7 +24,7 @@ class InsufficientDataError(ValueError):
 
 
 REQUIRED_COLUMNS = ("params", "tokens", "loss")
-OPTIONAL_COLUMNS = ("flops", "budget", "non_embedding_params", "non_embedding_flops")
+OPTIONAL_COLUMNS = ("flops", "budget", "non_embedding_params", "non_embedding_flops", "seed")
 GROUP_TOLERANCE = 1.05  # runs whose flops differ by <5% from a neighbour share a budget
 COUNTS = ("total", "non_embedding")
 
@@ -37,6 +42,7 @@ class RunTable:
   budgets: np.ndarray  # nominal C per group (given, or the geometric mean of its flops)
   has_budget: bool
   dropped: list  # [{"row": i, "reason": ...}] for runs left out (non-finite loss)
+  seed_loss: Optional[np.ndarray] = None  # (points, max seeds), NaN-padded; None: no seeds
 
   @property
   def has_non_embedding(self) -> bool:
@@ -44,6 +50,12 @@ class RunTable:
 
   def __len__(self) -> int:
     return len(self.loss)
+
+  @property
+  def n_seeds(self) -> np.ndarray:
+    if self.seed_loss is None:
+      return np.ones(len(self), int)
+    return np.isfinite(self.seed_loss).sum(1)
 
   def groups(self) -> list:
     return [np.flatnonzero(self.group == g) for g in range(len(self.budgets))]
@@ -59,6 +71,8 @@ class RunTable:
     return self.non_embedding_params, self.non_embedding_flops
 
   def records(self) -> list:
+    """One dict per run; with seeds, one per (point, seed) with a `seed` column, so the
+    records normalise back to this table."""
     rows = []
     for i in range(len(self)):
       row = {"params": self.params[i], "tokens": self.tokens[i], "loss": self.loss[i],
@@ -66,7 +80,12 @@ class RunTable:
       if self.has_non_embedding:
         row["non_embedding_params"] = self.non_embedding_params[i]
         row["non_embedding_flops"] = self.non_embedding_flops[i]
-      rows.append({k: float(v) for k, v in row.items()})
+      if self.seed_loss is None:
+        rows.append({k: float(v) for k, v in row.items()})
+        continue
+      for s in range(self.n_seeds[i]):
+        rows.append({k: float(v) for k, v in dict(row, loss=self.seed_loss[i, s],
+                                                      seed=s).items()})
     return rows
 
 
@@ -150,10 +169,78 @@ def normalize_runs(runs) -> RunTable:
     budgets, group = np.unique(budget, return_inverse=True)
   else:
     group, budgets = _group_by_flops(flops)
-  return RunTable(params=cols["params"], tokens=cols["tokens"], loss=cols["loss"], flops=flops,
-                  non_embedding_params=ne_params, non_embedding_flops=ne_flops,
-                  group=group.astype(int), budgets=budgets.astype(np.float64),
-                  has_budget=has_budget, dropped=dropped)
+  table = RunTable(params=cols["params"], tokens=cols["tokens"], loss=cols["loss"], flops=flops,
+                   non_embedding_params=ne_params, non_embedding_flops=ne_flops,
+                   group=group.astype(int), budgets=budgets.astype(np.float64),
+                   has_budget=has_budget, dropped=dropped)
+  return _average_seeds(table) if "seed" in cols else table
+
+
+def _average_seeds(table: RunTable) -> RunTable:
+  """One row per (budget group, params, tokens): the mean loss over its seeds."""
+  keys = np.stack([table.group, table.params, table.tokens], axis=1)
+  _, first, point = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+  point = point.reshape(-1)
+  counts = np.bincount(point)
+  seed_loss = np.full((len(first), counts.max()), np.nan)
+  slot = np.zeros(len(first), int)
+  for i, p in enumerate(point):
+    seed_loss[p, slot[p]] = table.loss[i]
+    slot[p] += 1
+  pick = lambda v: None if v is None else v[first]
+  return dataclasses.replace(
+      table, params=table.params[first], tokens=table.tokens[first],
+      loss=np.nanmean(seed_loss, axis=1), flops=table.flops[first],
+      non_embedding_params=pick(table.non_embedding_params),
+      non_embedding_flops=pick(table.non_embedding_flops), group=table.group[first],
+      seed_loss=seed_loss)
+
+
+def seed_noise(table: RunTable) -> Optional[dict]:
+  """Run-to-run (seed) noise of the held-out loss: the pooled within-point standard deviation
+  sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) over points with >= 2 seeds, absolute and relative
+  to the loss, overall and per budget. None without repeated seeds."""
+  if table.seed_loss is None or table.n_seeds.max() < 2:
+    return None
+  n = table.n_seeds
+  dev = table.seed_loss - table.loss[:, None]
+  ss = np.nansum(dev ** 2, axis=1)
+  rel_ss = np.nansum((dev / table.loss[:, None]) ** 2, axis=1)
+
+  def pooled(mask):
+    dof = float((n[mask] - 1).sum())
+    if dof <= 0:
+      return None, None
+    return math.sqrt(ss[mask].sum() / dof), math.sqrt(rel_ss[mask].sum() / dof)
+
+  std, rel = pooled(np.ones(len(table), bool))
+  per_budget = []
+  for g, c in enumerate(table.budgets):
+    s, r = pooled(table.group == g)
+    per_budget.append({"C": float(c), "std": s, "relative_std": r,
+                       "points": int((table.group == g).sum())})
+  return {"std": std, "relative_std": rel, "dof": int((n - 1).sum()),
+          "seeds_per_point": [int(n.min()), int(n.max())], "per_budget": per_budget,
+          "std_of_mean": std / math.sqrt(float(np.mean(n)))}
+
+
+def bootstrap_losses(table: RunTable, n: int, rng: np.random.Generator) -> np.ndarray:
+  """(n, points) losses for n bootstrap resamples: each point's seeds redrawn with
+  replacement and averaged. A point with one seed, in a table whose other points measured the
+  seed noise, gets log-normal noise of the pooled relative seed std instead (a parametric
+  stand-in for the seeds it lacks); without any repeated seeds the losses stay fixed."""
+  if table.seed_loss is None:
+    return np.broadcast_to(table.loss, (n, len(table)))
+  noise = seed_noise(table)
+  rel = noise["relative_std"] if noise else 0.0
+  out = np.empty((n, len(table)))
+  for p, k in enumerate(table.n_seeds):
+    vals = table.seed_loss[p, :k]
+    if k > 1:
+      out[:, p] = vals[rng.integers(0, k, size=(n, k))].mean(1)
+    else:
+      out[:, p] = vals[0] * np.exp(rel * rng.standard_normal(n)) if rel else vals[0]
+  return out
 
 
 def _group_by_flops(flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

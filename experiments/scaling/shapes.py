@@ -125,6 +125,9 @@ class SweepSpec:
   eval_windows: int = 256
   checkpoints_per_run: int = 2
   run_prefix: str = ""
+  seeds: int = 1
+  seed_budgets: tuple = ()  # budgets that get the extra seeds; (): every budget
+  lr_check_budgets: tuple = ()  # budgets whose middle shape gets the LR check; (): smallest
 
   def __post_init__(self):
     if not self.budgets or any(not c > 0 for c in self.budgets):
@@ -150,6 +153,11 @@ class SweepSpec:
       raise ValueError("lr_base and tokens_per_param must be positive")
     if any(m <= 0 or m == 1 for m in self.lr_check):
       raise ValueError(f"lr_check multipliers must be positive and != 1, got {self.lr_check}")
+    if self.seeds < 1:
+      raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+    if any(b not in self.budgets for b in self.seed_budgets):
+      raise ValueError(f"seed_budgets {self.seed_budgets} must be among the budgets "
+                       f"{self.budgets}")
     if self.base_model.is_moe and self.base_model.moe_every != 1:
       raise ValueError("MoE sweeps use moe_every=1 so every depth of the family is valid")
 
@@ -260,6 +268,10 @@ class RunSpec:
   lr_multiplier: float = 1.0
 
   @property
+  def seed(self) -> int:
+    return self.config.train.seed
+
+  @property
   def steps(self) -> int:
     return self.config.train.steps
 
@@ -288,7 +300,8 @@ class RunSpec:
             "non_embedding_flops": float(self.tokens) * self.non_embedding_flops_per_token,
             "steps": t.steps, "batch_size": t.batch_size, "seq_len": self.config.data.seq_len,
             "learning_rate": t.learning_rate, "lr_multiplier": self.lr_multiplier,
-            "warmup_steps": t.warmup_steps, "eval_windows": t.batch_size * t.eval_batches}
+            "warmup_steps": t.warmup_steps, "eval_windows": t.batch_size * t.eval_batches,
+            "seed": t.seed}
 
 
 def budget_label(budget: float) -> str:
@@ -323,12 +336,16 @@ def _warmup_steps(spec: SweepSpec, params: int, steps: int, tokens_per_step: int
   return max(min(spec.min_warmup_steps, steps - 1), min(by_tokens, cap))
 
 
-def _run(spec: SweepSpec, index: int, kind: str, budget: float, shape: Shape, stats: dict,
-         batch: int, lr_multiplier: float = 1.0) -> RunSpec:
+def make_run(spec: SweepSpec, index: int, kind: str, budget: float, shape: Shape, stats: dict,
+             batch: int, lr_multiplier: float = 1.0, seed: int = 0, run_id: str = "") -> RunSpec:
+  """One run of `spec`'s family, schedule and data at `budget` (run_id: the default name)."""
   steps = _steps_for(spec, budget, stats["flops_per_token"], batch)
-  run_id = f"{spec.run_prefix}c{budget_label(budget)}_{shape.name}"
-  if kind == "lr_check":
-    run_id += f"_lr{lr_multiplier:g}x"
+  if not run_id:
+    run_id = f"{spec.run_prefix}c{budget_label(budget)}_{shape.name}"
+    if kind == "lr_check":
+      run_id += f"_lr{lr_multiplier:g}x"
+    if seed:
+      run_id += f"_s{seed}"
   if steps < spec.min_steps:
     raise ValueError(
         f"run {run_id}: only {steps} steps at batch {batch} x seq_len {spec.seq_len} (need >= "
@@ -347,29 +364,45 @@ def _run(spec: SweepSpec, index: int, kind: str, budget: float, shape: Shape, st
       warmup_steps=_warmup_steps(spec, stats["params"], steps, batch * spec.seq_len),
       lr_floor=spec.lr_floor, eval_every=0, eval_batches=spec.eval_windows // batch,
       checkpoint_every=max(1, math.ceil(steps / spec.checkpoints_per_run)), keep_checkpoints=1,
-      log_every=max(1, steps // 5), samples=0)
+      log_every=max(1, steps // 5), samples=0, seed=seed)
   config = Config(model=spec.model(shape), data=spec.data, train=train, mesh=spec.mesh)
   return RunSpec(run_id=run_id, index=index, kind=kind, budget=float(budget), shape=shape,
                  config=config, lr_multiplier=lr_multiplier, **stats)
 
 
-def plan_sweep(spec: SweepSpec) -> list:
-  """The deterministic run list: budgets ascending, shapes by N, then the LR-check runs.
+def group_batch(spec: SweepSpec, budget: float, stats: list) -> int:
+  return _group_batch(spec, budget, stats)
 
-  The LR check trains the smallest budget's middle shape at each `lr_check` multiplier.
+
+def plan_sweep(spec: SweepSpec) -> list:
+  """The deterministic run list: seeds, then budgets ascending, shapes by N; then the LR check.
+
+  Seed s > 0 repeats every IsoFLOP run with train seed s (initialisation and data order) and
+  run id suffix `_s<s>`; seed 0 keeps the plain ids, so a sweep can add seeds later and keep
+  its finished runs; `seed_budgets` limits the extra seeds to some budgets. The LR check
+  trains the middle shape of each `lr_check_budgets` budget (the smallest budget by default)
+  at each `lr_check` multiplier, seed 0.
   """
-  runs, lr_checks = [], []
+  runs, lr_checks, groups = [], [], []
   for budget in sorted(spec.budgets):
     shapes = select_shapes(spec, budget)
     stats = [shape_stats(spec, s) for s in shapes]
-    batch = _group_batch(spec, budget, stats)
-    for shape, s in zip(shapes, stats):
-      runs.append(_run(spec, len(runs), "isoflop", budget, shape, s, batch))
-    if not lr_checks and spec.lr_check:
-      mid = len(shapes) // 2
-      lr_checks = [(budget, shapes[mid], stats[mid], batch, m) for m in spec.lr_check]
+    groups.append((budget, shapes, stats, _group_batch(spec, budget, stats)))
+  for seed in range(spec.seeds):
+    for budget, shapes, stats, batch in groups:
+      if seed and spec.seed_budgets and budget not in spec.seed_budgets:
+        continue
+      for shape, s in zip(shapes, stats):
+        runs.append(make_run(spec, len(runs), "isoflop", budget, shape, s, batch, seed=seed))
+  budgets = [g[0] for g in groups]
+  for target in (spec.lr_check_budgets or budgets[:1]) if spec.lr_check else ():
+    if target not in budgets:
+      raise ValueError(f"lr_check_budgets: {target:g} is not one of the budgets {budgets}")
+    budget, shapes, stats, batch = groups[budgets.index(target)]
+    mid = len(shapes) // 2
+    lr_checks += [(budget, shapes[mid], stats[mid], batch, m) for m in spec.lr_check]
   for budget, shape, s, batch, m in lr_checks:
-    runs.append(_run(spec, len(runs), "lr_check", budget, shape, s, batch, m))
+    runs.append(make_run(spec, len(runs), "lr_check", budget, shape, s, batch, m))
   ids = [r.run_id for r in runs]
   if len(set(ids)) != len(ids):
     raise ValueError(f"duplicate run ids in the plan: {ids}")

@@ -26,7 +26,7 @@ PARTIAL_WALL_FILE = "wall_time_partial.json"
 CSV_COLUMNS = ("run_id", "kind", "budget", "shape", "params", "tokens", "loss", "flops",
                "non_embedding_params", "non_embedding_flops", "total_params", "lr",
                "lr_multiplier", "warmup_steps", "steps", "batch_size", "seq_len",
-               "train_loss", "tokens_per_s", "wall_time_s", "diverged")
+               "train_loss", "tokens_per_s", "wall_time_s", "diverged", "seed")
 
 
 def run_dir(workdir: str, run_id: str) -> str:
@@ -215,7 +215,8 @@ def analysis_rows(results: Sequence[dict], kind: str = "isoflop") -> list:
   """The columns experiments.scaling.analyze reads, for finished runs of one kind."""
   keys = ("params", "tokens", "loss", "flops", "budget", "non_embedding_params",
           "non_embedding_flops")
-  return [{k: r[k] for k in keys} for r in results if r["kind"] == kind]
+  return [dict({k: r[k] for k in keys}, seed=r.get("seed", 0)) for r in results
+          if r["kind"] == kind]
 
 
 # ----------------------------------------------------------------------------- wall time

@@ -148,9 +148,9 @@ def test_chinchilla_pipeline_with_fake_training(tmp_path, runs):
   for text in ("smoke test", "Learning-rate check", "Verdict", "Sweep design", "## Checks"):
     assert text in report
   analysis = json.load(open(os.path.join(workdir, "analysis.json")))
-  assert [r["multiplier"] for r in analysis["lr_check"]["runs"]] == [0.5, 1.0, 2.0]
-  losses = [r["loss"] for r in analysis["lr_check"]["runs"]]
-  assert analysis["lr_check"]["chosen_is_best"] == (min(losses) == losses[1])
+  assert [r["multiplier"] for r in analysis["lr_check"][0]["runs"]] == [0.5, 1.0, 2.0]
+  losses = [r["loss"] for r in analysis["lr_check"][0]["runs"]]
+  assert analysis["lr_check"][0]["chosen_is_best"] == (min(losses) == losses[1])
   rows = list(csv.DictReader(open(os.path.join(workdir, "results.csv"))))
   assert len(rows) == len(runs)
 
@@ -180,7 +180,7 @@ def test_moe_pipeline_with_fake_training(tmp_path):
                                   train_fn=FakeTrain(moe_bonus=0.05))
   _check_outputs(str(tmp_path), ["report.md", "results.csv", "comparison.json",
                                  "isoflop_moe_vs_dense.png", "envelope_moe_vs_dense.png"])
-  comparison = json.load(open(tmp_path / "comparison.json"))
+  comparison = json.load(open(tmp_path / "comparison.json"))["comparison"]
   for row in comparison["budgets"]:
     assert row["moe_loss"] < row["dense_loss"]
     assert row["gap"] > 0 and (row["multiplier"] is None or row["multiplier"] > 1)

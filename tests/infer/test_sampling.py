@@ -241,3 +241,14 @@ def test_mean_logprob_score():
   logprobs = jnp.array([[-1.0, -2.0, -9.0], [-0.5, -0.5, -0.5]])
   mask = jnp.array([[1, 1, 0], [1, 1, 1]])
   np.testing.assert_allclose(bon.mean_logprob_score(logprobs, mask), [-1.5, -0.5])
+
+
+def test_inverse_cdf_categorical_matches_softmax_and_skips_masked_tokens():
+  logits_V = np.array([0.5, -np.inf, 1.5, 0.0, -np.inf, 1.0, -np.inf])
+  logits_BV = jnp.asarray(np.tile(logits_V, (N, 1)), jnp.float32)
+  tokens = np.asarray(jax.jit(sampling.categorical)(jax.random.key(4), logits_BV))
+  emp = empirical(tokens, logits_V.shape[0])
+  finite = np.isfinite(logits_V)
+  ref = np.where(finite, np.exp(np.where(finite, logits_V, 0) - 1.5), 0)
+  assert_matches(emp, ref / ref.sum())
+  assert emp[~finite].sum() == 0  # the trailing -inf tokens too (u close to 1)

@@ -3,7 +3,8 @@
 `with_teacher_text(config, data, workdir, mesh)` (distill.method=data) samples
 `distill.synthetic_prompts` continuations from the teacher run (infer.decode, temperature 1),
 each prompted with the first `distill.prompt_tokens` tokens of a training window, writes
-them to WORKDIR/synthetic.jsonl (reused when the run resumes) and replaces the training
+them to WORKDIR/synthetic.jsonl (reused when the run resumes; written only once the run
+directory passed its resume checks) and replaces the training
 set by a `MixedDataset`: each row of every batch is a synthetic window with probability
 `distill.mix`, drawn from (seed, step) alone, so batches stay a pure function of the step.
 The student then minimises plain cross-entropy (sequence-level KD, Kim & Rush 2016).
@@ -68,26 +69,35 @@ def _teacher_samples(config, real, mesh_config) -> list[list[int]]:
   return [p + t for p, t in zip(prompts, out.tokens)]
 
 
+def write_samples(path: str, samples, tokenizer) -> None:
+  """The synthetic set as jsonl ({"text", "tokens"} per sample), written atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    for tokens in samples:
+      f.write(json.dumps({"text": tokenizer.decode(tokens), "tokens": tokens}) + "\n")
+  os.replace(path + ".tmp", path)
+  logging.info("data distillation: %d teacher samples written to %s", len(samples), path)
+
+
 def with_teacher_text(config, data, workdir: str, mesh_config=None):
-  """`data` with its training set mixed with teacher-generated windows (see module doc)."""
+  """-> (`data` with its training set mixed with teacher-generated windows (see module
+  doc), `write`): `write()` saves freshly generated samples to WORKDIR/synthetic.jsonl. The
+  caller runs it only after the run directory has passed its resume checks, so a refused
+  run leaves nothing behind; it does nothing when the samples were read from that file."""
   dc = config.distill
   path = os.path.join(workdir, SYNTHETIC_FILE)
+  write = lambda: None
   if os.path.exists(path):
     with open(path) as f:
       samples = [json.loads(line)["tokens"] for line in f]
     logging.info("data distillation: %d teacher samples read from %s", len(samples), path)
   else:
     samples = _teacher_samples(config, data.train, mesh_config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      for tokens in samples:
-        f.write(json.dumps({"text": data.tokenizer.decode(tokens), "tokens": tokens}) + "\n")
-    os.replace(path + ".tmp", path)
-    logging.info("data distillation: %d teacher samples written to %s", len(samples), path)
+    write = lambda: write_samples(path, samples, data.tokenizer)
   eos = [data.tokenizer.eos_id] if data.tokenizer.eos_id is not None else []
   tokens = np.asarray([t for s in samples for t in list(s) + eos], np.int32)
   synthetic = TokenDataset(tokens, data.train.seq_len, name="synthetic")
   data.train = MixedDataset(data.train, synthetic, dc.mix)
   data.info = dict(data.info, synthetic=dict(file=path, samples=len(samples),
                                              tokens=int(tokens.size), mix=dc.mix))
-  return data
+  return data, write

@@ -12,10 +12,11 @@ gradient accumulation and packing never bias the loss. Metrics are reported as
 metric_sum / weight_sum.
 """
 
-from train.objectives import distill, dpo, grpo, lm, ppo, reward, sft
+from train.objectives import classify, distill, dpo, grpo, lm, mlm, ppo, reward, seq2seq, sft
 
 OBJECTIVES = {"lm": lm.make, "sft": sft.make, "reward": reward.make, "dpo": dpo.make,
-              "grpo": grpo.make, "ppo": ppo.make, "distill": distill.make}
+              "grpo": grpo.make, "ppo": ppo.make, "distill": distill.make,
+              "mlm": mlm.make, "classify": classify.make, "seq2seq": seq2seq.make}
 
 
 def make_objective(name: str, model, config):

@@ -5,8 +5,9 @@ rollout-time parameters gives the values V_t and the frozen reference's log-prob
 reply token the reward is -kl_coef * KL_t (k1 or k3 on the sampled token) plus the
 sequence score (task checker or reward model) on the last token; GAE (gamma, lam) gives
 advantages (whitened over the batch's reply tokens) and returns. The KL coefficient
-follows `AdaptiveKL` (fixed when rl.kl_target is 0). Adds old_values, returns, kl [B, L]
-and per-token advantages [B, L] to the rows.
+follows `AdaptiveKL` (fixed when rl.kl_target is 0); its coefficient is checkpointed with
+the rollout (`checkpoint_state`), so a resumed run continues the controller exactly. Adds
+old_values, returns, kl [B, L] and per-token advantages [B, L] to the rows.
 """
 
 import jax
@@ -25,6 +26,24 @@ class PpoRolloutDataset(RolloutDataset):
     super().__init__(*args, **kwargs)
     self.kl = AdaptiveKL(self.rl.kl_coef, self.rl.kl_target, self.rl.kl_horizon)
     self._forward = None
+
+  def empty_rows(self, n: int) -> dict:
+    rows = super().empty_rows(n)
+    per_token = np.zeros((n, self.seq_len), np.float32)
+    return dict(rows, advantages=per_token, returns=per_token.copy(),
+                old_values=per_token.copy(), kl=per_token.copy())
+
+  def checkpoint_state(self, batch_size: int) -> dict:
+    return dict(super().checkpoint_state(batch_size), kl_coef=np.asarray(self.kl.coef,
+                                                                         np.float64))
+
+  def abstract_checkpoint_state(self, batch_size: int) -> dict:
+    return dict(super().abstract_checkpoint_state(batch_size),
+                kl_coef=np.asarray(0.0, np.float64))
+
+  def restore_checkpoint_state(self, state: dict) -> None:
+    super().restore_checkpoint_state(state)
+    self.kl.coef = float(np.asarray(state["kl_coef"]))
 
   def _values_and_reference(self, inputs_BL, targets_BL):
     if self._forward is None:

@@ -1,0 +1,44 @@
+"""Sequence-to-sequence: cross-entropy on the decoder's target tokens given the source.
+
+Batch: {source, source_valid} for the encoder and {inputs, targets, weights} for the
+decoder (train/data/seq2seq.py). Sums over target tokens with their weights (0 on padding),
+normalised once over the global batch by the train step, like every objective.
+"""
+
+import jax.numpy as jnp
+
+from train.objectives.common import model_params, moe_aux_sums, token_cross_entropy
+
+REQUIRED = ("source", "source_valid", "inputs", "targets", "weights")
+
+
+def make(model, config):
+  if config.model.arch != "encoder_decoder":
+    raise ValueError(f"the seq2seq objective trains an encoder-decoder; got model.arch="
+                     f"{config.model.arch!r}: set --config.model.arch=encoder_decoder (or use "
+                     "experiments/seq2seq.py), or train a decoder on prompt/response pairs "
+                     "with the sft objective")
+  if config.data.kind not in ("seq2seq", "span_corruption"):
+    raise ValueError(f"the seq2seq objective reads {{source, target}} rows: set "
+                     f"--config.data.kind=seq2seq (jsonl or the embedded set) or "
+                     f"span_corruption (plain text), not {config.data.kind!r}")
+
+  def loss(params, frozen, batch, rng, train=True):
+    missing = [k for k in REQUIRED if k not in batch]
+    if missing:
+      raise ValueError(f"the seq2seq objective needs batch keys {list(REQUIRED)}; missing "
+                       f"{missing}: use --config.data.kind=seq2seq data")
+    use_dropout = train and model.peft.dropout > 0
+    logits_BLV, aux = model.apply(
+        {"params": model_params(params, frozen)}, batch["inputs"],
+        source_BS=batch["source"], source_valid_BS=batch["source_valid"] > 0,
+        deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None)
+    ce_BL, correct_BL = token_cross_entropy(logits_BLV, batch["targets"])
+    weights_BL = batch["weights"].astype(jnp.float32)
+    weight_sum = jnp.sum(weights_BL)
+    ce_sum = jnp.sum(ce_BL * weights_BL)
+    aux_loss, aux_metrics = moe_aux_sums(config.model, aux, weight_sum)
+    metrics = {"ce_loss": ce_sum, "token_accuracy": jnp.sum(correct_BL * weights_BL),
+               **aux_metrics}
+    return ce_sum + aux_loss, weight_sum, metrics
+  return loss
