@@ -104,6 +104,8 @@ def quantize_run(path: str, out: str, scheme=None, group_size=None, symmetric=No
     raise ValueError(f"--out={out} already exists; pass a new directory")
   start = time.perf_counter()
   loaded = load_model(path)
+  from model.config import require_single_stack  # pylint: disable=g-import-not-at-top
+  require_single_stack(loaded.model_config, "infer.quantize")
   if loaded.peft.base_quant != "none":
     raise ValueError(f"{loaded.workdir} is a QLoRA run (peft.base_quant="
                      f"{loaded.peft.base_quant}); its base is already quantized")

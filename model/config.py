@@ -206,6 +206,14 @@ def preset(name: str, **overrides) -> ModelConfig:
   return dataclasses.replace(PRESETS[name], **overrides)
 
 
+def require_single_stack(config: ModelConfig, what: str) -> None:
+  """Refuses an encoder-decoder run in a tool that drives one stack (a decoder or an encoder)."""
+  if config.arch == "encoder_decoder":
+    raise ValueError(f"{what} does not support model.arch='encoder_decoder' yet; use a decoder "
+                     "run, or evaluate a seq2seq run with infer.evaluate --suite/--eval_set "
+                     "(generation), which does")
+
+
 def compute_dtype(config: ModelConfig):
   import jax.numpy as jnp
   return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32

@@ -54,3 +54,14 @@ def test_architectures_smoke(tmp_path):
   ratio = rows["decoder"]["train_flops"] / rows["encoder_decoder"]["train_flops"]
   assert 0.5 < ratio < 1.6, ratio
   assert rows["encoder_decoder"]["params"] > 0 and 0 <= rows["decoder"]["beam"]["bleu"] <= 100
+
+
+@pytest.mark.slow
+def test_single_stack_tools_refuse_an_encoder_decoder_run_clearly(run_dir, tmp_path):
+  """Quantization drives one stack: on a seq2seq run it names the limit instead of a Flax error."""
+  proc = run_module(["infer.quantize", f"--workdir={run_dir}", f"--out={tmp_path / 'q'}",
+                     "--scheme=int8"], check=False)
+  assert proc.returncode != 0
+  assert "infer.quantize does not support model.arch='encoder_decoder'" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "q")

@@ -148,6 +148,8 @@ class WindowScorer:
     import jax.numpy as jnp
     from model import sharding
     from model.transformer import Transformer
+    from model.config import require_single_stack
+    require_single_stack(loaded.model_config, "perplexity / bits-per-byte scoring")
     self.loaded, self.width = loaded, loaded.model_config.max_len
     model = Transformer(loaded.model_config, loaded.peft, loaded.quant)
     self._use_mesh = lambda: sharding.use_mesh(loaded.mesh)

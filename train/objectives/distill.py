@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from model import store
+from model.config import require_single_stack
 from model.tokenizer import load_tokenizer
 from model.transformer import Transformer
 from train.objectives.common import forward, moe_aux_sums, token_cross_entropy
@@ -98,6 +99,8 @@ def make(model, config):
                      "--config.data.kind=rollout")
   kd_weight = 1.0 if on_policy else dc.kd_weight  # no hard labels on the student's samples
   run = store.read_run_config(dc.teacher)
+  require_single_stack(run.model_config(), f"distillation (teacher {dc.teacher})")
+  require_single_stack(config.model, "distillation (student)")
   teacher = Transformer(run.model_config(), run.peft_config(), run.quant_config())
   vocab = min(config.model.vocab_size, teacher.config.vocab_size)
 
