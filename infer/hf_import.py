@@ -14,7 +14,6 @@ and train.main --init_from read like any other: config.json (float32 parameters,
 
 import dataclasses
 import os
-import shutil
 import time
 
 from absl import app, flags, logging
@@ -59,6 +58,7 @@ def import_hf(hf_dir: str, workdir: str, mesh_config=None, tokenizer_dir: str | 
   """Writes the run directory; returns a summary (architecture, parameters, seconds)."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  from infer import run_writer  # pylint: disable=g-import-not-at-top
   from model import sharding, store  # pylint: disable=g-import-not-at-top
   from model.hf import tokenizer as hf_tokenizer  # pylint: disable=g-import-not-at-top
   from model.mesh import MeshConfig  # pylint: disable=g-import-not-at-top
@@ -74,24 +74,13 @@ def import_hf(hf_dir: str, workdir: str, mesh_config=None, tokenizer_dir: str | 
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
                      f"vocab_size is {model_config.vocab_size}; pass the tokenizer that belongs "
                      "to this model")
-  parent = os.path.dirname(os.path.abspath(workdir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = workdir.rstrip("/") + f".tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    os.makedirs(tmp)
-    store.write_run_config(tmp, {
-        "model": dataclasses.asdict(model_config), "peft": dataclasses.asdict(PeftConfig()),
-        HF_SECTION: {"model_type": info.model_type, "source": os.path.abspath(hf_dir),
-                     "config": info.config}})
-    tokenizer.save(os.path.join(tmp, store.TOKENIZER_DIR))
-    manager = store.checkpoint_manager(tmp, async_save=False)
-    store.save_checkpoint(manager, 0, params, force=True)
-    manager.wait_until_finished()
-    manager.close()
-    os.replace(tmp, workdir)  # the run dir appears whole or not at all
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  sections = {
+      "model": dataclasses.asdict(model_config), "peft": dataclasses.asdict(PeftConfig()),
+      HF_SECTION: {"model_type": info.model_type, "source": os.path.abspath(hf_dir),
+                   "config": info.config}}
+  run_writer.write_run_atomically(
+      workdir, sections, 0, params,
+      lambda tmp: tokenizer.save(os.path.join(tmp, store.TOKENIZER_DIR)), flag="--workdir")
   n_params = sum(int(x.size) for x in jax.tree.leaves(params))
   summary = {"workdir": workdir, "model_type": info.model_type, "params": n_params,
              "tokenizer_vocab": tokenizer.vocab_size,

@@ -25,14 +25,14 @@ import jax
 import jax.numpy as jnp
 
 from model import sharding
-from model.adapters import Adapter
-from model.attention import Attention, Mask
+from model.attention import Mask
 from model.config import ModelConfig, compute_dtype
 from model.cross_attention import CrossAttention
-from model.layers import Embed, LearnedPositions, Mlp, Norm, Projection, sinusoidal_positions
+from model.layers import Embed, LearnedPositions, Norm, Projection, sinusoidal_positions
 from model.peft import PeftConfig
 from model.quant import QuantConfig
-from model.transformer import _REMAT_POLICIES, BlockGroup, group_size
+from model.transformer import (_REMAT_POLICIES, BlockGroup, attention_sublayer, ffn_sublayer,
+                               group_size, residual)
 
 _ACT_BLD = ("act_batch", "act_length", "act_embed")
 CROSS_KEYS = ("cross_k", "cross_v", "source_valid")
@@ -56,45 +56,20 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask: Mask, source_valid_BS, encoded_BSD,
                kv_cache=None, cross_kv=None):
-    c, peft, det = self.config, self.peft, self.deterministic
-    norms = [Norm(c, name=n) for n in ("attn_norm", "cross_norm", "mlp_norm")]
-
-    def self_attn(h_BLD):
-      a_BLD, new_kv = Attention(c, peft, self.quant, name="attn")(h_BLD, positions_BL,
-                                                                   kv_cache, mask, det)
-      if peft.adapter_at("attention"):
-        a_BLD = Adapter(c, peft, name="adapter_attn")(a_BLD, det)
-      return a_BLD, new_kv
+    c = self.config
+    attn_norm, cross_norm, mlp_norm = (Norm(c, name=n)
+                                       for n in ("attn_norm", "cross_norm", "mlp_norm"))
 
     def cross_attn(h_BLD):
-      return CrossAttention(c, peft, self.quant, name="cross_attn")(
-          h_BLD, source_valid_BS, None if cross_kv is not None else encoded_BSD, cross_kv, det)
+      return CrossAttention(c, self.peft, self.quant, name="cross_attn")(
+          h_BLD, source_valid_BS, None if cross_kv is not None else encoded_BSD, cross_kv,
+          self.deterministic)
 
-    def ffn(h_BLD):
-      if self.moe:
-        from model.moe import MoeMlp  # pylint: disable=g-import-not-at-top
-        f_BLD, aux = MoeMlp(c, peft, quant=self.quant, name="moe")(h_BLD, det)
-      else:
-        f_BLD, aux = Mlp(c, peft, quant=self.quant, name="mlp")(h_BLD, det), {}
-      if peft.adapter_at("mlp"):
-        f_BLD = Adapter(c, peft, name="adapter_mlp")(f_BLD, det)
-      return f_BLD, aux
-
-    new_kv = aux = cross = None
-    for norm, sub in zip(norms, ("self", "cross", "ffn")):
-      fn = {"self": self_attn, "cross": cross_attn, "ffn": ffn}[sub]
-      if c.norm_position == "pre":
-        y_BLD, extra = fn(norm(x_BLD))
-        x_BLD = x_BLD + y_BLD
-      else:
-        y_BLD, extra = fn(x_BLD)
-        x_BLD = norm(x_BLD + y_BLD)
-      if sub == "self":
-        new_kv = extra
-      elif sub == "cross":
-        cross = extra
-      else:
-        aux = extra
+    x_BLD, new_kv = residual(
+        c, attn_norm, lambda h_BLD: attention_sublayer(self, h_BLD, positions_BL, kv_cache, mask),
+        x_BLD)
+    x_BLD, cross = residual(c, cross_norm, cross_attn, x_BLD)
+    x_BLD, aux = residual(c, mlp_norm, lambda h_BLD: ffn_sublayer(self, h_BLD), x_BLD)
     return sharding.constrain(x_BLD, _ACT_BLD), aux, new_kv, cross
 
 

@@ -34,6 +34,38 @@ def group_size(config: ModelConfig) -> int:
   return config.moe_every if config.is_moe else 1
 
 
+def attention_sublayer(block: nn.Module, h_BLD, positions_BL, kv_cache, mask: Mask):
+  """Self-attention (+ its adapter) inside `block`'s compact call: (a_BLD, new_kv)."""
+  c, peft, det = block.config, block.peft, block.deterministic
+  a_BLD, new_kv = Attention(c, peft, block.quant, name="attn")(h_BLD, positions_BL, kv_cache,
+                                                               mask, det)
+  if peft.adapter_at("attention"):
+    a_BLD = Adapter(c, peft, name="adapter_attn")(a_BLD, det)
+  return a_BLD, new_kv
+
+
+def ffn_sublayer(block: nn.Module, h_BLD):
+  """The dense or MoE FFN (+ its adapter) inside `block`'s compact call: (f_BLD, aux)."""
+  c, peft, det = block.config, block.peft, block.deterministic
+  if block.moe:
+    from model.moe import MoeMlp  # pylint: disable=g-import-not-at-top
+    f_BLD, aux = MoeMlp(c, peft, quant=block.quant, name="moe")(h_BLD, det)
+  else:
+    f_BLD, aux = Mlp(c, peft, quant=block.quant, name="mlp")(h_BLD, det), {}
+  if peft.adapter_at("mlp"):
+    f_BLD = Adapter(c, peft, name="adapter_mlp")(f_BLD, det)
+  return f_BLD, aux
+
+
+def residual(config: ModelConfig, norm: nn.Module, sublayer, x_BLD):
+  """x + sublayer(norm(x)) (pre-norm) or norm(x + sublayer(x)) (post-norm): (x_BLD, extra)."""
+  if config.norm_position == "pre":
+    y_BLD, extra = sublayer(norm(x_BLD))
+    return x_BLD + y_BLD, extra
+  y_BLD, extra = sublayer(x_BLD)
+  return norm(x_BLD + y_BLD), extra
+
+
 class Block(nn.Module):
   """Attention + FFN sub-layers with residuals, pre- or post-norm, optional adapters."""
   config: ModelConfig
@@ -44,37 +76,13 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask: Mask, kv_cache=None):
-    c, peft, det = self.config, self.peft, self.deterministic
+    c = self.config
     attn_norm = Norm(c, name="attn_norm")
     mlp_norm = Norm(c, name="mlp_norm")
-
-    def attn(h_BLD):
-      a_BLD, new_kv = Attention(c, peft, self.quant, name="attn")(h_BLD, positions_BL, kv_cache,
-                                                                   mask, det)
-      if peft.adapter_at("attention"):
-        a_BLD = Adapter(c, peft, name="adapter_attn")(a_BLD, det)
-      return a_BLD, new_kv
-
-    def ffn(h_BLD):
-      if self.moe:
-        from model.moe import MoeMlp  # pylint: disable=g-import-not-at-top
-        f_BLD, aux = MoeMlp(c, peft, quant=self.quant, name="moe")(h_BLD, det)
-      else:
-        f_BLD, aux = Mlp(c, peft, quant=self.quant, name="mlp")(h_BLD, det), {}
-      if peft.adapter_at("mlp"):
-        f_BLD = Adapter(c, peft, name="adapter_mlp")(f_BLD, det)
-      return f_BLD, aux
-
-    if c.norm_position == "pre":
-      a_BLD, new_kv = attn(attn_norm(x_BLD))
-      x_BLD = x_BLD + a_BLD
-      f_BLD, aux = ffn(mlp_norm(x_BLD))
-      x_BLD = x_BLD + f_BLD
-    else:
-      a_BLD, new_kv = attn(x_BLD)
-      x_BLD = attn_norm(x_BLD + a_BLD)
-      f_BLD, aux = ffn(x_BLD)
-      x_BLD = mlp_norm(x_BLD + f_BLD)
+    x_BLD, new_kv = residual(
+        c, attn_norm, lambda h_BLD: attention_sublayer(self, h_BLD, positions_BL, kv_cache, mask),
+        x_BLD)
+    x_BLD, aux = residual(c, mlp_norm, lambda h_BLD: ffn_sublayer(self, h_BLD), x_BLD)
     return sharding.constrain(x_BLD, _ACT_BLD), aux, new_kv
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from model.files import read_jsonl_objects
 from train.data import tasks as tasks_lib
-from train.dataset import TokenDataset
+from train.data.rows import RowDataset
 
 _EXAMPLE = '{"text": "a great film", "label": "positive"}'
 ROW_KEYS = ("inputs", "segment_ids", "labels", "label_weights")
@@ -120,7 +120,7 @@ def encode_rows(tokenizer, rows: Sequence[dict], space: LabelSpace, seq_len: int
           "label_weights": np.ones((n, 1), np.float32)}
 
 
-class LabelledDataset(TokenDataset):
+class LabelledDataset(RowDataset):
   """Encoded rows with TokenDataset's stateless batching (one example per row)."""
 
   def __init__(self, rows: dict, name: str = "labelled"):
@@ -138,9 +138,6 @@ class LabelledDataset(TokenDataset):
       raise ValueError(f"the {self.name} split has {self.n_windows} labelled rows but one batch "
                        f"needs {batch_size}; add rows or lower --config.train.batch_size")
 
-  def _gather(self, windows: np.ndarray) -> dict:
-    return {k: v[windows] for k, v in self.rows.items()}
-
   def eval_batches(self, batch_size: int, n_batches: int | None = None, process_index: int = 0,
                    process_count: int = 1) -> list[dict]:
     """Every row once (n_batches None) or the first n_batches batches; the last batch is
@@ -148,10 +145,7 @@ class LabelledDataset(TokenDataset):
     n_full = -(-self.n_windows // batch_size)
     n_batches = n_full if n_batches is None else min(n_batches, n_full)
     pad = n_batches * batch_size - self.n_windows
-    rows = self.rows
-    if pad > 0:
-      rows = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-              for k, v in rows.items()}
+    rows = self.padded_rows(pad) if pad > 0 else self.rows
     local = self._local_rows(batch_size, process_index, process_count)
     return [{k: v[i * batch_size + local] for k, v in rows.items()} for i in range(n_batches)]
 

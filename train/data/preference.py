@@ -25,7 +25,7 @@ from model import chat
 from model.files import read_jsonl_objects
 from train.data import sft
 from train.data import tasks as tasks_lib
-from train.dataset import TokenDataset
+from train.data.rows import RowDataset
 
 SIDES = ("chosen", "rejected")
 PAIR_KEYS = tuple(f"{side}_{k}" for side in SIDES for k in ("inputs", "targets", "weights"))
@@ -202,7 +202,7 @@ def encode_pairs(tokenizer, template: chat.ChatTemplate, pairs: Sequence[Mapping
                     dropped=dropped)
 
 
-class PreferenceDataset(TokenDataset):
+class PreferenceDataset(RowDataset):
   """Pairs with TokenDataset's stateless (seed, step) batching; batch_size counts pairs."""
 
   def __init__(self, rows: Mapping[str, np.ndarray], name: str = "preference"):
@@ -227,19 +227,6 @@ class PreferenceDataset(TokenDataset):
       raise ValueError(f"the {self.name} preference split has {self.n_windows} pairs but one "
                        f"batch needs {batch_size}; add pairs or lower --config.train.batch_size")
 
-  def _gather(self, windows: np.ndarray) -> dict:
-    return {k: v[windows] for k, v in self.rows.items()}
-
-  def eval_batches(self, batch_size: int, n_batches: int | None = None, process_index: int = 0,
-                   process_count: int = 1) -> list[dict]:
-    """Fixed batches; a split smaller than one batch is padded with weightless pairs."""
-    if 0 < self.n_windows < batch_size:
-      pad = batch_size - self.n_windows
-      rows = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-              for k, v in self.rows.items()}
-      local = self._local_rows(batch_size, process_index, process_count)
-      return [{k: v[local] for k, v in rows.items()}]
-    return super().eval_batches(batch_size, n_batches, process_index, process_count)
 
 
 def build_preference_datasets(tokenizer, template: chat.ChatTemplate | str, seq_len: int,

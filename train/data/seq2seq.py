@@ -20,7 +20,7 @@ from absl import logging
 from model.encoder_decoder import DECODER_START_ID
 from model.files import read_jsonl_objects
 from train.data import number_words
-from train.dataset import TokenDataset
+from train.data.rows import RowDataset
 
 ROW_KEYS = ("source", "source_valid", "inputs", "targets", "weights")
 _EXAMPLE = '{"source": "en->pt: forty-two", "target": "quarenta e dois"}'
@@ -84,7 +84,7 @@ def encode_rows(tokenizer, rows: Sequence[Mapping], source_len: int,
   return out, stats
 
 
-class Seq2SeqDataset(TokenDataset):
+class Seq2SeqDataset(RowDataset):
   """Padded seq2seq rows with TokenDataset's stateless batching (`batch`, `eval_batches`)."""
 
   def __init__(self, rows: Mapping[str, np.ndarray], name: str = "seq2seq"):
@@ -107,19 +107,6 @@ class Seq2SeqDataset(TokenDataset):
                        f"batch needs {batch_size}; add examples or lower "
                        "--config.train.batch_size")
 
-  def _gather(self, windows: np.ndarray) -> dict:
-    return {k: v[windows] for k, v in self.rows.items()}
-
-  def eval_batches(self, batch_size: int, n_batches: int | None = None, process_index: int = 0,
-                   process_count: int = 1) -> list[dict]:
-    """A split smaller than one batch is one batch padded with zero-weight rows."""
-    if self.n_windows < batch_size:
-      pad = batch_size - self.n_windows
-      rows = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-              for k, v in self.rows.items()}
-      local = self._local_rows(batch_size, process_index, process_count)
-      return [{k: v[local] for k, v in rows.items()}]
-    return super().eval_batches(batch_size, n_batches, process_index, process_count)
 
 
 def split_rows(rows: Sequence[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:

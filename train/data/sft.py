@@ -19,7 +19,7 @@ from model import chat
 from model.files import read_jsonl_objects
 from train.data import packing
 from train.data import tasks as tasks_lib
-from train.dataset import TokenDataset
+from train.data.rows import RowDataset
 
 _ROW_HINT = ("expected an object with 'prompt' and 'response' or 'messages' (a list of "
              "{\"role\", \"content\"} ending with the assistant's reply)")
@@ -102,7 +102,7 @@ def encode_example(tokenizer, template: chat.ChatTemplate,
   return np.asarray(ids, np.int32), np.asarray(weights, np.float32)
 
 
-class SftDataset(TokenDataset):
+class SftDataset(RowDataset):
   """Rows of (packed or padded) examples with TokenDataset's stateless batching.
 
   `batch(seed, step, ...)` returns this process's rows of global batch `step` as int32
@@ -140,21 +140,6 @@ class SftDataset(TokenDataset):
           "task), or lower --config.train.batch_size or --config.data.seq_len (packed rows "
           "then hold fewer examples each)")
 
-  def _gather(self, windows: np.ndarray) -> dict:
-    return {k: v[windows] for k, v in self.rows.items()}
-
-  def eval_batches(self, batch_size: int, n_batches: int | None = None, process_index: int = 0,
-                   process_count: int = 1) -> list[dict]:
-    """As TokenDataset's, except that a split smaller than one batch (a small user jsonl's
-    validation slice) is evaluated as one batch padded with rows of zero weight, which
-    add nothing to a weight-normalised loss."""
-    if 0 < self.n_windows < batch_size:
-      pad = batch_size - self.n_windows
-      rows = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-              for k, v in self.rows.items()}
-      local = self._local_rows(batch_size, process_index, process_count)
-      return [{k: v[local] for k, v in rows.items()}]
-    return super().eval_batches(batch_size, n_batches, process_index, process_count)
 
 
 def make_rows(tokenizer, template: chat.ChatTemplate, rows: Sequence[Mapping], seq_len: int,

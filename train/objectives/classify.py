@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from model.pooling_head import Classifier
-from train.objectives.common import model_params, moe_aux_sums
+from train.objectives.common import apply_model, moe_aux_sums
 from train.objectives.mlm import check_encoder
 
 
@@ -22,10 +22,8 @@ def make(model, config):
   regression = config.classify.task == "regression"
 
   def loss(params, frozen, batch, rng, train=True):
-    use_dropout = train and model.peft.dropout > 0
-    out_BN, aux = model.apply({"params": model_params(params, frozen)}, batch["inputs"],
-                              batch["segment_ids"], deterministic=not use_dropout,
-                              rngs={"dropout": rng} if use_dropout else None)
+    out_BN, aux = apply_model(model, params, frozen, rng, train, batch["inputs"],
+                              batch["segment_ids"])
     w_B = batch["label_weights"][:, 0].astype(jnp.float32)
     if regression:
       err_B = jnp.square(out_BN[:, 0] - batch["labels"][:, 0].astype(jnp.float32))

@@ -24,11 +24,16 @@ def forward(model, params, frozen, batch, rng, train: bool):
   if model.peft.method == "prompt_tuning":
     segment_ids = positions = None
   mask = Mask.packed(segment_ids) if segment_ids is not None else None
+  return apply_model(model, params, frozen, rng, train, batch["inputs"],
+                     positions_BL=positions, mask=mask)
+
+
+def apply_model(model, params, frozen, rng, train: bool, *args, **kwargs):
+  """`model.apply` on the full tree, with (LoRA) dropout only when training asks for it."""
   use_dropout = train and model.peft.dropout > 0
-  return model.apply({"params": model_params(params, frozen)}, batch["inputs"],
-                     positions_BL=positions, mask=mask,
+  return model.apply({"params": model_params(params, frozen)}, *args,
                      deterministic=not use_dropout,
-                     rngs={"dropout": rng} if use_dropout else None)
+                     rngs={"dropout": rng} if use_dropout else None, **kwargs)
 
 
 def token_cross_entropy(logits_BLV, targets_BL):
@@ -38,6 +43,19 @@ def token_cross_entropy(logits_BLV, targets_BL):
   target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
   correct_BL = jnp.argmax(logits_BLV, axis=-1) == targets_BL
   return log_z_BL - target_logit_BL, correct_BL
+
+
+def weighted_token_loss(model_config, logits_BLV, aux, targets_BL, weights_BL):
+  """(loss_sum, weight_sum, metric_sums) of cross-entropy weighted per token, plus MoE aux."""
+  ce_BL, correct_BL = token_cross_entropy(logits_BLV, targets_BL)
+  weights_BL = (jnp.ones_like(ce_BL) if weights_BL is None
+                else weights_BL.astype(jnp.float32))
+  weight_sum = jnp.sum(weights_BL)
+  ce_sum = jnp.sum(ce_BL * weights_BL)
+  aux_loss, aux_metrics = moe_aux_sums(model_config, aux, weight_sum)
+  metrics = {"ce_loss": ce_sum, "token_accuracy": jnp.sum(correct_BL * weights_BL),
+             **aux_metrics}
+  return ce_sum + aux_loss, weight_sum, metrics
 
 
 def moe_aux_sums(model_config, aux, weight_sum):

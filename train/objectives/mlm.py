@@ -5,10 +5,8 @@ weights (1 where selected, else 0), segment_ids (0 = padding). The encoder atten
 bidirectionally inside each row's non-padding tokens. Sums over selected tokens.
 """
 
-import jax.numpy as jnp
-
 from model.attention import Mask
-from train.objectives.common import model_params, moe_aux_sums, token_cross_entropy
+from train.objectives.common import apply_model, weighted_token_loss
 
 
 def check_encoder(model, objective: str) -> None:
@@ -24,16 +22,7 @@ def make(model, config):
 
   def loss(params, frozen, batch, rng, train=True):
     mask = Mask.bidirectional(batch["segment_ids"])
-    use_dropout = train and model.peft.dropout > 0
-    logits_BLV, aux = model.apply({"params": model_params(params, frozen)}, batch["inputs"],
-                                  mask=mask, deterministic=not use_dropout,
-                                  rngs={"dropout": rng} if use_dropout else None)
-    ce_BL, correct_BL = token_cross_entropy(logits_BLV, batch["targets"])
-    weights_BL = batch["weights"].astype(jnp.float32)
-    weight_sum = jnp.sum(weights_BL)
-    ce_sum = jnp.sum(ce_BL * weights_BL)
-    aux_loss, aux_metrics = moe_aux_sums(config.model, aux, weight_sum)
-    metrics = {"ce_loss": ce_sum, "token_accuracy": jnp.sum(correct_BL * weights_BL),
-               **aux_metrics}
-    return ce_sum + aux_loss, weight_sum, metrics
+    logits_BLV, aux = apply_model(model, params, frozen, rng, train, batch["inputs"], mask=mask)
+    return weighted_token_loss(config.model, logits_BLV, aux, batch["targets"],
+                               batch["weights"])
   return loss

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from model.peft import PeftConfig
 from model.transformer import Transformer
-from train.objectives.common import model_params, token_cross_entropy
+from train.objectives.common import apply_model, token_cross_entropy
 
 
 def stacked(batch, key: str):
@@ -39,9 +39,7 @@ def sequence_logps(logits_BLV, targets_BL, weights_BL):
 
 def policy_logits(model, params, frozen, inputs_BL, rng, train: bool):
   """Logits of the trained policy (trainable + frozen model trees), LoRA dropout in train."""
-  use_dropout = train and model.peft.dropout > 0
-  out = model.apply({"params": model_params(params, frozen)}, inputs_BL,
-                    deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None)
+  out = apply_model(model, params, frozen, rng, train, inputs_BL)
   return out[0], out[-1]  # PolicyWithValue returns (logits, values, aux)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from model.reward_head import RewardModel, last_index
 from train.objectives import pairs
-from train.objectives.common import model_params, moe_aux_sums
+from train.objectives.common import apply_model, moe_aux_sums
 
 
 def bradley_terry(chosen_B, rejected_B, margin_B=0.0):
@@ -29,10 +29,8 @@ def make(model, config):
     inputs_2BL = pairs.stacked(batch, "inputs")
     weights_2BL = pairs.stacked(batch, "weights").astype(jnp.float32)
     b = inputs_2BL.shape[0] // 2
-    use_dropout = train and model.peft.dropout > 0
-    rewards_2B, aux = model.apply({"params": model_params(params, frozen)}, inputs_2BL,
-                                  last_index(weights_2BL), deterministic=not use_dropout,
-                                  rngs={"dropout": rng} if use_dropout else None)
+    rewards_2B, aux = apply_model(model, params, frozen, rng, train, inputs_2BL,
+                                  last_index(weights_2BL))
     margin_B = config.rl.reward_margin + batch.get("margin", jnp.zeros((b, 1)))[:, 0]
     loss_B, correct_B = bradley_terry(rewards_2B[:b], rewards_2B[b:], margin_B)
     valid_B = pairs.valid_pairs(weights_2BL)

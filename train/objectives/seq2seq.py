@@ -5,9 +5,7 @@ decoder (train/data/seq2seq.py). Sums over target tokens with their weights (0 o
 normalised once over the global batch by the train step, like every objective.
 """
 
-import jax.numpy as jnp
-
-from train.objectives.common import model_params, moe_aux_sums, token_cross_entropy
+from train.objectives.common import apply_model, weighted_token_loss
 
 REQUIRED = ("source", "source_valid", "inputs", "targets", "weights")
 
@@ -28,17 +26,9 @@ def make(model, config):
     if missing:
       raise ValueError(f"the seq2seq objective needs batch keys {list(REQUIRED)}; missing "
                        f"{missing}: use --config.data.kind=seq2seq data")
-    use_dropout = train and model.peft.dropout > 0
-    logits_BLV, aux = model.apply(
-        {"params": model_params(params, frozen)}, batch["inputs"],
-        source_BS=batch["source"], source_valid_BS=batch["source_valid"] > 0,
-        deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None)
-    ce_BL, correct_BL = token_cross_entropy(logits_BLV, batch["targets"])
-    weights_BL = batch["weights"].astype(jnp.float32)
-    weight_sum = jnp.sum(weights_BL)
-    ce_sum = jnp.sum(ce_BL * weights_BL)
-    aux_loss, aux_metrics = moe_aux_sums(config.model, aux, weight_sum)
-    metrics = {"ce_loss": ce_sum, "token_accuracy": jnp.sum(correct_BL * weights_BL),
-               **aux_metrics}
-    return ce_sum + aux_loss, weight_sum, metrics
+    logits_BLV, aux = apply_model(model, params, frozen, rng, train, batch["inputs"],
+                                  source_BS=batch["source"],
+                                  source_valid_BS=batch["source_valid"] > 0)
+    return weighted_token_loss(config.model, logits_BLV, aux, batch["targets"],
+                               batch["weights"])
   return loss
