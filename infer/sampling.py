@@ -16,10 +16,12 @@ Order of operations (same as Hugging Face logits warpers):
 
 Ties: tokens are ranked by a stable descending sort, so equal logits are ordered by
 lower token id first. Top-k therefore keeps exactly k tokens, and at a top-p boundary
-the lower id is kept first. A token whose preceding cumulative mass is within
-`TOP_P_TOLERANCE` of p counts as having reached p (so p landing exactly on a
-cumulative boundary, e.g. p=0.8 over probabilities 0.5, 0.3, 0.2, keeps two tokens
-despite float32 rounding). Greedy picks the lowest id among equal maxima.
+the lower id is kept first. The top-p comparison is exact (preceding mass >= p, both
+float32, the mass an exclusive cumulative sum): no tolerance, so p just above a boundary
+(p=0.8000006 over probabilities 0.5, 0.3, 0.2) keeps the crossing token as it should. Only
+a p within float32 rounding (a few 1e-8) of a cumulative boundary, e.g. exactly 0.8 there,
+is decided by how the probabilities rounded; either kept set is then a correct reading of
+float32 numbers. Greedy picks the lowest id among equal maxima.
 """
 
 from typing import Sequence, Union
@@ -29,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TOP_P_TOLERANCE = 1e-6
 METHODS = ("greedy", "random", "temperature", "top_k", "top_p", "custom")
 
 PRESETS = {
@@ -145,8 +146,9 @@ def _truncated_sample(rng, scaled_BV, top_k_B, top_p_B):
   keep_BV = rank_V[None, :] < k_B[:, None]
   sorted_BV = jnp.where(keep_BV, sorted_BV, -jnp.inf)
   probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-  mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-  reaches_p_BV = mass_before_BV >= (top_p_B[:, None] - TOP_P_TOLERANCE)
+  mass_before_BV = jnp.concatenate(  # exclusive cumsum: no cancellation from subtracting
+      [jnp.zeros_like(probs_BV[:, :1]), jnp.cumsum(probs_BV[:, :-1], axis=-1)], axis=-1)
+  reaches_p_BV = mass_before_BV >= top_p_B[:, None]
   keep_BV = (rank_V[None, :] == 0) | (top_p_B[:, None] >= 1.0) | ~reaches_p_BV
   sorted_BV = jnp.where(keep_BV, sorted_BV, -jnp.inf)
   choice_B = categorical(rng, sorted_BV)

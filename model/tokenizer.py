@@ -169,6 +169,9 @@ class SentencePieceTokenizer(Tokenizer):
     self._info = dict(info or {})
     self.num_threads = min(os.cpu_count() or 1, 16)
 
+  def __reduce__(self):  # for tokenizing worker processes: the processor itself won't pickle
+    return (SentencePieceTokenizer, (self._proto, self._info))
+
   @classmethod
   def train(cls, documents: Sequence[str], *, vocab_size: int = 2048, model_type: str = "bpe",
             character_coverage: float = 1.0, normalization_rule_name: str = "identity",

@@ -61,6 +61,7 @@ class DataConfig:
   seq_len: int = 128
   val_fraction: float = 0.02
   cache_dir: str = ""  # "" means ~/.cache/jaxlm
+  tokenize_workers: int = 0  # processes that tokenize the corpus; 0: 1 below 64 MB, else cores
   # Fine-tuning data (kind="sft"): `data` is a jsonl of {prompt, response} or {messages};
   # "" means the embedded instruction tasks (train/data/tasks.py).
   kind: str = "text"  # "text" (a corpus) | "sft" | "preference" (pairs) | "rollout" (RL prompts)
@@ -93,6 +94,9 @@ class DataConfig:
       raise ValueError(f"data.seq_len must be >= 1, got {self.seq_len}")
     _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True,
                  high_open=True)
+    if self.tokenize_workers < 0:
+      raise ValueError(f"data.tokenize_workers must be >= 0 (0 = automatic), got "
+                       f"{self.tokenize_workers}")
     if self.source_len < 0:
       raise ValueError(f"data.source_len must be >= 0 (0 = seq_len), got {self.source_len}")
     for name in ("sft_train_per_task", "sft_heldout_per_task", "seq2seq_train",

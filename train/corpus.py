@@ -8,6 +8,7 @@ content, not by path. The train/validation split is by document and never overla
 import dataclasses
 import glob
 import hashlib
+import heapq
 import json
 import os
 import sys
@@ -23,10 +24,10 @@ _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_te
 
 @dataclasses.dataclass
 class Corpus:
-  """An ordered list of documents plus what identifies it.
+  """An ordered sequence of documents plus what identifies it.
 
-  `documents` is held in memory (the default corpus is ~15 MB); `iter_documents()` is the
-  lazy view the tokenizer and dataset builders use.
+  `documents` is a list for the embedded corpus (~12 MB) and a lazy, re-iterable view of the
+  files for the user's corpus (`UserDocuments`: read again on each pass, never held whole).
   """
   documents: Sequence[str]
   name: str
@@ -176,26 +177,63 @@ def read_jsonl(path: str, field: str) -> Iterator[str]:
       yield text
 
 
+class UserDocuments:
+  """The user's files as a lazy sequence of documents, read again on every pass.
+
+  A .jsonl line or a whole other file is one document (so memory is bounded by the largest
+  document, not the corpus); empty ones are skipped; with max_bytes > 0 the stream stops
+  once that many UTF-8 bytes have been yielded (whole documents, like `_take_bytes`).
+  """
+
+  def __init__(self, files: Sequence[str], jsonl_field: str = "text", max_bytes: int = 0):
+    self.files, self.jsonl_field, self.max_bytes = list(files), jsonl_field, max_bytes
+    self._count = None
+
+  def _all(self) -> Iterator[str]:
+    for path in self.files:
+      if path.endswith(".jsonl"):
+        yield from (t for t in read_jsonl(path, self.jsonl_field) if t)
+      else:
+        text = _read_text(path)
+        if text:
+          yield text
+
+  def __iter__(self) -> Iterator[str]:
+    total = 0
+    for text in self._all():
+      if self.max_bytes > 0 and total >= self.max_bytes:
+        return
+      yield text
+      if self.max_bytes > 0:
+        total += len(text.encode("utf-8"))
+
+  def __len__(self) -> int:
+    if self._count is None:
+      self._count = sum(1 for _ in self)
+    return self._count
+
+
 def load_user_corpus(data: str, jsonl_field: str = "text", max_bytes: int = 0) -> Corpus:
-  """Documents from the user's files: a .jsonl line or a whole other file is one document."""
+  """Documents from the user's files (`UserDocuments`), fingerprinted in one streaming pass."""
   files = expand_data_spec(data)
-  named = []
-  for path in files:
-    if path.endswith(".jsonl"):
-      named.extend((f"{path}:{i}", t) for i, t in enumerate(read_jsonl(path, jsonl_field)) if t)
-    else:
-      text = _read_text(path)
-      if text:
-        named.append((path, text))
-  if not named:
+  documents = UserDocuments(files, jsonl_field, max_bytes)
+  stats = dict(n=0, bytes=0)
+
+  def counted():
+    for text in documents:
+      stats["n"] += 1
+      stats["bytes"] += len(text.encode("utf-8"))
+      yield "", text
+
+  # Content only (not paths), so the same text in another folder shares the cache.
+  fingerprint = _fingerprint(counted(), extra="user")
+  if not stats["n"]:
     raise ValueError(f"the corpus from --config.data.data={data!r} is empty ({len(files)} files, "
                      "no text); point it at files that contain text")
-  named, n_bytes = _take_bytes(named, max_bytes)
-  # Content only (not paths), so the same text in another folder shares the cache.
-  fingerprint = _fingerprint((("", t) for _, t in named), extra="user")
+  documents._count = stats["n"]  # pylint: disable=protected-access
   name = f"data:{data}" + (f":max{max_bytes}" if max_bytes > 0 else "")
-  return Corpus(documents=[t for _, t in named], name=name, fingerprint=fingerprint,
-                n_documents=len(named), n_bytes=n_bytes)
+  return Corpus(documents=documents, name=name, fingerprint=fingerprint,
+                n_documents=stats["n"], n_bytes=stats["bytes"])
 
 
 def load_corpus(data_config) -> Corpus:
@@ -210,14 +248,53 @@ def load_corpus(data_config) -> Corpus:
   return corpus
 
 
+def _order_key(corpus: Corpus, i: int) -> bytes:
+  return hashlib.sha256(f"{corpus.fingerprint}:{i}".encode()).digest()
+
+
 def document_order(corpus: Corpus) -> list[int]:
   """A fixed pseudo-random order of document indices, from sha256(fingerprint, index).
 
   Hash-based rather than an RNG so it is identical across numpy/Python versions.
   """
-  def key(i):
-    return hashlib.sha256(f"{corpus.fingerprint}:{i}".encode()).digest()
-  return sorted(range(corpus.n_documents), key=key)
+  return sorted(range(corpus.n_documents), key=lambda i: _order_key(corpus, i))
+
+
+class DocumentSubset:
+  """The documents of a corpus whose index is (or is not) in `indices`, lazily, in order."""
+
+  def __init__(self, documents, indices: set, inside: bool):
+    self.documents, self.indices, self.inside = documents, indices, inside
+
+  def __iter__(self) -> Iterator[str]:
+    for i, doc in enumerate(self.documents):
+      if (i in self.indices) == self.inside:
+        yield doc
+
+
+def validation_indices(corpus: Corpus, val_fraction: float) -> set:
+  """The validation documents' indices: the last `val_fraction` of `document_order` (at
+  least one, never all), found with a heap so memory grows with the validation set only."""
+  n = corpus.n_documents
+  n_val = min(n - 1, max(1, round(n * val_fraction)))
+  return set(heapq.nlargest(n_val, range(n), key=lambda i: _order_key(corpus, i)))
+
+
+def split_views(corpus: Corpus, val_fraction: float):
+  """(train, validation) as lazy re-iterable views that keep corpus order; `split_corpus`
+  without holding the documents (except a single-document corpus, which is cut in two)."""
+  _check_val_fraction(val_fraction)
+  if corpus.n_documents == 1:
+    return split_corpus(corpus, val_fraction)
+  val_ids = validation_indices(corpus, val_fraction)
+  return (DocumentSubset(corpus.documents, val_ids, False),
+          DocumentSubset(corpus.documents, val_ids, True))
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}; "
+                     "set --config.data.val_fraction=0.02 or similar")
 
 
 def split_corpus(corpus: Corpus, val_fraction: float) -> tuple[list[str], list[str]]:
@@ -226,9 +303,7 @@ def split_corpus(corpus: Corpus, val_fraction: float) -> tuple[list[str], list[s
   The last `val_fraction` of `document_order` (at least one document) is validation. A
   single-document corpus is cut at the line boundary nearest the same fraction instead.
   """
-  if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}; "
-                     "set --config.data.val_fraction=0.02 or similar")
+  _check_val_fraction(val_fraction)
   docs = list(corpus.documents)
   if len(docs) == 1:
     text = docs[0]
@@ -240,8 +315,7 @@ def split_corpus(corpus: Corpus, val_fraction: float) -> tuple[list[str], list[s
                        "validation; add more text")
     logging.info("single-document corpus: validation is its last %d characters", len(text) - cut)
     return [text[:cut]], [text[cut:]]
-  n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
-  val_ids = set(document_order(corpus)[len(docs) - n_val:])
+  val_ids = validation_indices(corpus, val_fraction)
   train = [d for i, d in enumerate(docs) if i not in val_ids]
   val = [d for i, d in enumerate(docs) if i in val_ids]
   return train, val

@@ -1,13 +1,16 @@
 """Token streams on disk and stateless batches over them.
 
-The corpus is split by document, tokenized once (documents each followed by eos) and
-cached as train.npy / val.npy under `<cache_dir>/tokens/<hash>`; training memory-maps
-them. A training batch is a pure function of (seed, step, process): resuming at step k
-needs no iterator state and each process reads only its own rows of the global batch.
+The corpus is split by document and tokenized once, streaming and in parallel worker
+processes (train/token_shards.py: documents each followed by eos), into raw token shards
+plus meta.json (the manifest: shards, sizes, checksums) under `<cache_dir>/tokens/<hash>`;
+training memory-maps them. In a multi-host run with a shared cache directory one host
+tokenizes and the others wait for it (train/shared_cache.py). A training batch is a pure
+function of (seed, step, process): resuming at step k needs no iterator state and each
+process reads only its own rows of the global batch.
 """
 
 import hashlib
-import itertools
+import io
 import json
 import os
 import time
@@ -17,46 +20,22 @@ import numpy as np
 from absl import logging
 
 from train import corpus as corpus_lib
+from train import shared_cache
+from train import token_shards
 from train import tokenizer as tokenizer_lib
-from model.files import save_npy_atomic, write_json_atomic
+from train.token_shards import ShardedTokens, token_dtype
+from model.files import write_json_atomic
 
-_FORMAT_VERSION = 2  # 2: meta.json records file sizes and checksums
-_ENCODE_CHUNK_CHARS = 1 << 20
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-  return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+_FORMAT_VERSION = 3  # 2: meta.json records checksums; 3: sharded raw tokens + manifest
 
 
 def tokenize_documents(tokenizer: tokenizer_lib.Tokenizer, documents: Sequence[str],
                        label: str = "") -> np.ndarray:
-  """One stream: each document's ids followed by eos, encoded in ~1 MB batches."""
-  dtype = token_dtype(tokenizer.vocab_size)
-  eos = [tokenizer.eos_id]
-  total_chars = sum(len(d) for d in documents)
-  parts, done_chars, start, last_log = [], 0, time.perf_counter(), time.perf_counter()
-
-  def flush(batch):
-    encoded = tokenizer.encode_batch(batch)
-    count = sum(len(ids) for ids in encoded) + len(encoded)
-    flat = itertools.chain.from_iterable(itertools.chain(ids, eos) for ids in encoded)
-    parts.append(np.fromiter(flat, dtype=dtype, count=count))
-
-  batch, size = [], 0
-  for doc in documents:
-    batch.append(doc)
-    size += len(doc)
-    if size >= _ENCODE_CHUNK_CHARS:
-      flush(batch)
-      done_chars += size
-      batch, size = [], 0
-      if time.perf_counter() - last_log > 5.0:
-        last_log = time.perf_counter()
-        logging.info("tokenizing %s: %.1f / %.1f M characters (%.2f M/s)", label, done_chars / 1e6,
-                     total_chars / 1e6, done_chars / 1e6 / (last_log - start))
-  if batch:
-    flush(batch)
-  return np.concatenate(parts) if parts else np.zeros((0,), dtype)
+  """One in-memory stream: each document's ids followed by eos (small inputs and tests)."""
+  del label
+  parts = list(token_shards.encode_stream(tokenizer, documents, workers=1))
+  return (np.concatenate(parts) if parts
+          else np.zeros((0,), token_dtype(tokenizer.vocab_size)))
 
 
 def tokens_cache_key(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokenizer,
@@ -66,41 +45,110 @@ def tokens_cache_key(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokeniz
   return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
+def token_cache_dir(corpus, tokenizer, val_fraction: float, cache_dir: str) -> str:
+  return os.path.join(cache_dir, "tokens",
+                      tokens_cache_key(corpus, tokenizer, val_fraction)[:24])
+
+
+def auto_workers(corpus: corpus_lib.Corpus, requested: int = 0) -> int:
+  """`requested` if > 0, else 1 below 64 MB of text (spawning costs more than it saves)
+  and up to 8 processes (one per core) above."""
+  if requested > 0:
+    return requested
+  if corpus.n_bytes < 64 << 20:
+    return 1
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def load_token_meta(directory: str) -> dict | None:
+  """The manifest of a complete, undamaged cache entry, else None."""
+  meta_path = os.path.join(directory, "meta.json")
+  if not os.path.exists(meta_path):
+    return None
+  problem = verify_token_files(directory)
+  if problem is None:
+    with open(meta_path) as f:
+      return json.load(f)
+  logging.warning("token cache %s is damaged (%s): rebuilding it", directory, problem)
+  try:
+    os.remove(meta_path)
+  except FileNotFoundError:
+    pass
+  return None
+
+
 def build_token_files(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokenizer,
-                      val_fraction: float, cache_dir: str) -> tuple[str, dict]:
-  """Writes (or finds) train.npy, val.npy and meta.json; returns (directory, meta).
+                      val_fraction: float, cache_dir: str, workers: int = 0,
+                      shard_tokens: int = token_shards.SHARD_TOKENS) -> tuple[str, dict]:
+  """Writes (or finds) the train-/val- shards and meta.json; returns (directory, meta).
 
   meta.json is written last, so its presence marks a complete cache entry.
   """
-  directory = os.path.join(cache_dir, "tokens",
-                           tokens_cache_key(corpus, tokenizer, val_fraction)[:24])
-  meta_path = os.path.join(directory, "meta.json")
-  if os.path.exists(meta_path):
-    problem = verify_token_files(directory)
-    if problem is None:
-      with open(meta_path) as f:
-        return directory, json.load(f)
-    logging.warning("token cache %s is damaged (%s): rebuilding it", directory, problem)
-    os.remove(meta_path)
+  directory = token_cache_dir(corpus, tokenizer, val_fraction, cache_dir)
+  meta = load_token_meta(directory)
+  if meta is not None:
+    return directory, meta
   os.makedirs(directory, exist_ok=True)
-  train_docs, val_docs = corpus_lib.split_corpus(corpus, val_fraction)
+  workers = auto_workers(corpus, workers)
+  train_docs, val_docs = corpus_lib.split_views(corpus, val_fraction)
   start = time.perf_counter()
   meta = dict(corpus=corpus.name, fingerprint=corpus.fingerprint,
-              tokenizer_fingerprint=tokenizer.fingerprint, val_fraction=val_fraction)
+              tokenizer_fingerprint=tokenizer.fingerprint, val_fraction=val_fraction,
+              dtype=str(token_dtype(tokenizer.vocab_size)), workers=workers, shards={},
+              files={})
   for split, docs in (("train", train_docs), ("val", val_docs)):
-    tokens = tokenize_documents(tokenizer, docs, label=split)
-    save_npy_atomic(os.path.join(directory, f"{split}.npy"), tokens)
-    meta[f"n_{split}_documents"] = len(docs)
-    meta[f"n_{split}_bytes"] = sum(len(d.encode("utf-8")) for d in docs)
-    meta[f"n_{split}_tokens"] = int(tokens.size)
-    meta.setdefault("files", {})[f"{split}.npy"] = file_checksum(
-        os.path.join(directory, f"{split}.npy"))
+    written = token_shards.write_token_shards(tokenizer, docs, directory, split, workers,
+                                              shard_tokens, label=split)
+    meta["shards"][split] = written["shards"]
+    meta[f"n_{split}_documents"] = written["documents"]
+    meta[f"n_{split}_bytes"] = written["bytes"]
+    meta[f"n_{split}_tokens"] = written["tokens"]
+    for shard in written["shards"]:
+      meta["files"][shard["file"]] = file_checksum(os.path.join(directory, shard["file"]))
+    meta.setdefault("stream_sha256", {})[split] = stream_checksum(
+        directory, written["shards"], meta["dtype"])
   meta["tokenize_seconds"] = time.perf_counter() - start
-  meta["dtype"] = str(token_dtype(tokenizer.vocab_size))
-  write_json_atomic(meta_path, meta)
-  logging.info("tokenized %s in %.1f s: %d train / %d val tokens -> %s", corpus.name,
-               meta["tokenize_seconds"], meta["n_train_tokens"], meta["n_val_tokens"], directory)
+  read = meta["n_train_documents"] + meta["n_val_documents"]
+  if read != max(2, corpus.n_documents):  # a one-document corpus is cut in two
+    raise RuntimeError(
+        f"the corpus {corpus.name} changed while it was read ({corpus.n_documents} documents "
+        f"when fingerprinted, {read} when tokenized); leave its files unchanged during the "
+        "run and start again")
+  write_json_atomic(os.path.join(directory, "meta.json"), meta)
+  n_tokens = meta["n_train_tokens"] + meta["n_val_tokens"]
+  logging.info("tokenized %s in %.1f s with %d worker(s) (%.2f M tokens/s): %d train / %d val "
+               "tokens in %d shards -> %s", corpus.name, meta["tokenize_seconds"], workers,
+               n_tokens / 1e6 / max(meta["tokenize_seconds"], 1e-9), meta["n_train_tokens"],
+               meta["n_val_tokens"], len(meta["files"]), directory)
   return directory, meta
+
+
+def split_tokens(directory: str, meta: dict, split: str) -> ShardedTokens:
+  """One split of a cache entry as a single memory-mapped token array."""
+  return ShardedTokens([os.path.join(directory, s["file"]) for s in meta["shards"][split]],
+                       meta["dtype"])
+
+
+def stream_checksum(directory: str, shards: list[dict], dtype) -> str:
+  """sha256 of the split as one .npy file (header + tokens), read shard by shard: the
+  checksum format 2 caches recorded for their train.npy, so runs trained on those still
+  resume (their data identity is unchanged)."""
+  header = io.BytesIO()
+  n_tokens = sum(s["tokens"] for s in shards)
+  np.lib.format.write_array_header_1_0(header, {
+      "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+      "shape": (n_tokens,)})
+  digest = hashlib.sha256(header.getvalue())
+  for shard in shards:
+    with open(os.path.join(directory, shard["file"]), "rb") as f:
+      for block in iter(lambda: f.read(1 << 22), b""):
+        digest.update(block)
+  return digest.hexdigest()
+
+
+def split_checksum(meta: dict, split: str) -> str:
+  """The identity of a split's token stream (see `stream_checksum`)."""
+  return meta["stream_sha256"][split]
 
 
 _FULL_CHECKSUM_BYTES = 256 << 20  # larger files: checksum of samples at both ends
@@ -155,7 +203,7 @@ class TokenDataset:
   def __init__(self, tokens, seq_len: int, name: str = "tokens"):
     if isinstance(tokens, (str, os.PathLike)):
       tokens = np.load(tokens, mmap_mode="r")
-    if not isinstance(tokens, np.ndarray):
+    if not isinstance(tokens, (np.ndarray, ShardedTokens)):
       tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
       raise ValueError(f"tokens must be a 1-D integer array, got {tokens.dtype}{tokens.shape}")
@@ -253,10 +301,16 @@ def build_datasets(data_config, cache_dir: str | None = None, batch_size: int | 
   corpus = corpus_lib.load_corpus(data_config)
   if tokenizer is None:
     tokenizer = tokenizer_lib.get_tokenizer(data_config, corpus, cache_dir)
-  directory, meta = build_token_files(corpus, tokenizer, data_config.val_fraction, cache_dir)
-  train_ds = TokenDataset(os.path.join(directory, "train.npy"), data_config.seq_len, name="train")
-  val_ds = TokenDataset(os.path.join(directory, "val.npy"), data_config.seq_len, name="val")
-  train_ds.checksum = meta["files"]["train.npy"]["sha256"][:32]
+  workers = getattr(data_config, "tokenize_workers", 0)
+  directory = token_cache_dir(corpus, tokenizer, data_config.val_fraction, cache_dir)
+  _, meta = shared_cache.build_once(
+      directory, lambda: build_token_files(corpus, tokenizer, data_config.val_fraction,
+                                           cache_dir, workers),
+      lambda: load_token_meta(directory) is not None)
+  train_ds = TokenDataset(split_tokens(directory, meta, "train"), data_config.seq_len,
+                          name="train")
+  val_ds = TokenDataset(split_tokens(directory, meta, "val"), data_config.seq_len, name="val")
+  train_ds.checksum = split_checksum(meta, "train")[:32]
   if batch_size is not None:
     train_ds.check_batch_size(batch_size)
   info = dict(

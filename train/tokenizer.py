@@ -53,7 +53,7 @@ def get_tokenizer(data_config, corpus: corpus_lib.Corpus,
     except (ValueError, OSError) as e:
       logging.warning("cached tokenizer %s is damaged (%s): training it again", final, e)
       shutil.rmtree(final, ignore_errors=True)
-  train_docs, _ = corpus_lib.split_corpus(corpus, data_config.val_fraction)
+  train_docs, _ = corpus_lib.split_views(corpus, data_config.val_fraction)
   tokenizer = SentencePieceTokenizer.train(
       train_docs, vocab_size=data_config.sp_vocab_size, model_type=data_config.sp_model_type,
       character_coverage=data_config.sp_character_coverage,

@@ -158,7 +158,8 @@ def write_chinchilla_report(spec: SweepSpec, runs, workdir: str, *, is_smoke: bo
               f"~{noise['std_of_mean']:.4f}. The bootstrap redraws each point's seeds.", "",
               "| C | seed std (nats) | relative |", "|---|---|---|"]
     lines += [f"| {b['C']:.3g} | {_fmt(b['std'])} | "
-              f"{_fmt(b['relative_std'] and 100 * b['relative_std'], '.2f')}% |"
+              + ("one seed |" if b["relative_std"] is None
+                 else f"{100 * b['relative_std']:.2f}% |")
               for b in noise["per_budget"]] + [""]
   else:
     lines += ["One seed per point (--seeds=1): seed noise not measured.", ""]

@@ -83,3 +83,22 @@ def test_bench_train_compares_moe_dispatch(capsys):
     assert result["params_active"] == flops.param_counts(config)["active"] < result["params"]
     assert result["flops_per_token"]["6n"] == 6 * flops.param_counts(config)["active_non_embedding"]
     assert 0 < result["mfu_vs_matmul"]["exact"] <= 1.5
+
+
+def test_bench_tokenize_reports_scaling_and_memory(tmp_path):
+  """Tiny sizes, from the CLI: the stages run in their own processes and the summary's ratios
+  are the documented quotients of its own figures."""
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, "-m", "experiments.bench_tokenize",
+                        f"--out_dir={tmp_path}", "--corpus_mb=3", "--small_mb=1",
+                        "--baseline_mb=1", "--workers=2", "--vocab_size=512"],
+                       capture_output=True, text=True, check=True, timeout=600)
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  full, small, base = summary["full"], summary["small"], summary["baseline"]
+  assert full["bytes"] > 2.9e6 and full["tokens"] > 2 * small["tokens"] > 0
+  assert base["tokens_per_s"] > 0 and full["shards"] >= 2  # a train and a val shard at least
+  np.testing.assert_allclose(summary["scaling"],
+                             full["tokens_per_s"] / (2 * base["tokens_per_s"]))
+  assert 0.5 < summary["memory_ratio"] < 2.0
+  assert "| full |" in out.stdout

@@ -49,7 +49,7 @@ def test_user_fingerprint_stable_and_content_sensitive(tmp_path):
   _write(tmp_path / "b.txt", "beta\n")
   first = corpus_lib.load_user_corpus(str(tmp_path))
   assert first.fingerprint == corpus_lib.load_user_corpus(str(tmp_path)).fingerprint
-  assert first.documents == ["alpha\n", "beta\n"] and first.n_bytes == 11
+  assert list(first.documents) == ["alpha\n", "beta\n"] and first.n_bytes == 11
   _write(tmp_path / "b.txt", "beta!\n")
   assert corpus_lib.load_user_corpus(str(tmp_path)).fingerprint != first.fingerprint
   # Document boundaries count: "ab" + "c" differs from "a" + "bc".
@@ -63,18 +63,18 @@ def test_sources_file_glob_dir_list_jsonl(tmp_path):
   _write(tmp_path / "d" / "sub" / "skip.py", "not collected")
   with open(tmp_path / "d" / "c.jsonl", "w") as f:
     f.write(json.dumps({"text": "j1", "id": 1}) + "\n\n" + json.dumps({"text": "j2"}) + "\n")
-  assert corpus_lib.load_user_corpus(a).documents == ["file a"]
+  assert list(corpus_lib.load_user_corpus(a).documents) == ["file a"]
   by_dir = corpus_lib.load_user_corpus(str(tmp_path / "d"))
-  assert by_dir.documents == ["file a", "j1", "j2", "file b"]
+  assert list(by_dir.documents) == ["file a", "j1", "j2", "file b"]
   by_glob = corpus_lib.load_user_corpus(str(tmp_path / "d" / "**" / "*.md"))
-  assert by_glob.documents == ["file b"]
+  assert list(by_glob.documents) == ["file b"]
   spec = f"{a}, {tmp_path / 'd' / '*.txt'},{tmp_path / 'd' / 'c.jsonl'}"
   both = corpus_lib.load_user_corpus(spec)
-  assert both.documents == ["file a", "j1", "j2"]  # a.txt listed twice, read once
+  assert list(both.documents) == ["file a", "j1", "j2"]  # a.txt listed twice, read once
   with open(tmp_path / "e.jsonl", "w") as f:
     f.write(json.dumps({"body": "custom field"}) + "\n")
   cfg = DataConfig(data=str(tmp_path / "e.jsonl"), jsonl_field="body")
-  assert corpus_lib.load_corpus(cfg).documents == ["custom field"]
+  assert list(corpus_lib.load_corpus(cfg).documents) == ["custom field"]
 
 
 def test_source_errors(tmp_path):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from train import dataset as dataset_lib
+from train import token_shards
 from train import tokenizer as tokenizer_lib
 from train.config import DataConfig
+from train.token_shards import ShardedTokens
 
 SEQ = 8
 
@@ -126,7 +128,7 @@ def test_build_datasets_byte_end_to_end_and_cached(tmp_path, monkeypatch):
   assert info["n_documents"] == 30
   assert (info["n_train_documents"], info["n_val_documents"]) == (27, 3)
   assert info["n_train_tokens"] + info["n_val_tokens"] == info["n_bytes"] + 30  # + eos per doc
-  assert isinstance(train_ds.tokens, np.memmap) and train_ds.tokens.dtype == np.uint16
+  assert isinstance(train_ds.tokens, ShardedTokens) and train_ds.tokens.dtype == np.uint16
   assert info["tokenizer"]["kind"] == "byte" and info["val_windows"] == val_ds.n_windows
   # The two streams decode back to exactly the corpus documents, disjointly.
   docs = [open(os.path.join(cfg.data, f)).read() for f in sorted(os.listdir(cfg.data))]
@@ -134,11 +136,11 @@ def test_build_datasets_byte_end_to_end_and_cached(tmp_path, monkeypatch):
   decoded = [[tok.decode(part) for part in _split_on(s, tok.eos_id)] for s in streams]
   assert sorted(decoded[0] + decoded[1]) == sorted(docs) and not set(decoded[0]) & set(decoded[1])
   files = os.listdir(info["tokens_dir"])
-  assert sorted(files) == ["meta.json", "train.npy", "val.npy"]
+  assert sorted(files) == ["meta.json", "train-00000.bin", "val-00000.bin"]
 
   def no_tokenizing(*a, **k):
     raise AssertionError("re-tokenized despite a cache")
-  monkeypatch.setattr(dataset_lib, "tokenize_documents", no_tokenizing)
+  monkeypatch.setattr(token_shards, "write_token_shards", no_tokenizing)
   _, train2, _, info2 = dataset_lib.build_datasets(cfg)
   assert info2 == info
   np.testing.assert_array_equal(train2.batch(0, 3, 8)["inputs"], train_ds.batch(0, 3, 8)["inputs"])
@@ -161,20 +163,22 @@ def _split_on(stream, eos):
 def test_interrupted_write_leaves_no_cache(tmp_path, monkeypatch):
   cfg = DataConfig(data=_write_corpus(tmp_path), tokenizer="byte", seq_len=32, val_fraction=0.1,
                    cache_dir=str(tmp_path / "cache"))
-  real_save = np.save
+  real_write = token_shards.ShardWriter.write
   calls = []
 
-  def failing_save(f, arr):
+  def failing_write(self, tokens):
     calls.append(1)
-    if len(calls) == 2:
-      f.write(b"partial")
+    if self.prefix == "val":
+      self._open()  # pylint: disable=protected-access
+      self._file.write(b"partial")  # pylint: disable=protected-access
       raise KeyboardInterrupt
-    real_save(f, arr)
-  monkeypatch.setattr(np, "save", failing_save)
+    real_write(self, tokens)
+  monkeypatch.setattr(token_shards.ShardWriter, "write", failing_write)
   with pytest.raises(KeyboardInterrupt):
     dataset_lib.build_datasets(cfg)
   (entry,) = os.listdir(tmp_path / "cache" / "tokens")
-  assert os.listdir(tmp_path / "cache" / "tokens" / entry) == ["train.npy"]  # no val, no meta
+  # the finished train shard only: no partial val shard, no meta.json
+  assert os.listdir(tmp_path / "cache" / "tokens" / entry) == ["train-00000.bin"]
   monkeypatch.undo()
   _, train_ds, val_ds, info = dataset_lib.build_datasets(cfg)
   assert val_ds.n_tokens == info["n_val_tokens"] > 0

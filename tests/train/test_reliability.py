@@ -148,12 +148,12 @@ def test_a_damaged_token_cache_is_detected_and_rebuilt(tmp_path, text_file, capl
   directory = info["tokens_dir"]
   reference = np.array(train_ds.tokens)
   assert verify_token_files(directory) is None
-  shutil.copy(os.path.join(directory, "val.npy"), os.path.join(directory, "train.npy"))
-  assert "train.npy" in verify_token_files(directory)
+  shutil.copy(os.path.join(directory, "val-00000.bin"), os.path.join(directory, "train-00000.bin"))
+  assert "train-00000.bin" in verify_token_files(directory)
   _, again, _, _ = build_datasets(config.data)
   np.testing.assert_array_equal(np.asarray(again.tokens), reference)
   assert "damaged" in caplog.text and "rebuilding" in caplog.text
-  with open(os.path.join(directory, "train.npy"), "r+b") as f:
+  with open(os.path.join(directory, "train-00000.bin"), "r+b") as f:
     f.truncate(100)
   assert "bytes, expected" in verify_token_files(directory)
 

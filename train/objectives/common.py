@@ -37,11 +37,17 @@ def apply_model(model, params, frozen, rng, train: bool, *args, **kwargs):
 
 
 def token_cross_entropy(logits_BLV, targets_BL):
-  """Per-token float32 cross-entropy and whether the argmax is the target."""
+  """Per-token float32 cross-entropy and whether the target has the largest logit.
+
+  The max that stabilises logsumexp also gives the accuracy (target logit >= max), so the
+  [B, L, V] logits are not read again by an argmax (~4% of a CPU train step). A target tied
+  with another token for the max counts as correct (argmax would pick the lower id).
+  """
   logits_BLV = logits_BLV.astype(jnp.float32)
-  log_z_BL = jax.nn.logsumexp(logits_BLV, axis=-1)
+  max_BL = jax.lax.stop_gradient(jnp.max(logits_BLV, axis=-1))
+  log_z_BL = max_BL + jnp.log(jnp.sum(jnp.exp(logits_BLV - max_BL[..., None]), axis=-1))
   target_logit_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
-  correct_BL = jnp.argmax(logits_BLV, axis=-1) == targets_BL
+  correct_BL = target_logit_BL >= max_BL
   return log_z_BL - target_logit_BL, correct_BL
 
 
