@@ -46,6 +46,31 @@ FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
                           "--xla_llvm_disable_expensive_passes=true")
 
 
+def _defaults_absent_from(spec, old_repr: str) -> str:
+  """repr(spec) without the `, field=default` pairs of fields that `old_repr` never names:
+  fields added to a config after a sweep was planned, at their default, change nothing."""
+  text = repr(spec)
+  stack = [spec]
+  while stack:
+    obj = stack.pop()
+    for field in dataclasses.fields(obj):
+      value = getattr(obj, field.name)
+      if dataclasses.is_dataclass(value):
+        stack.append(value)
+      elif f"{field.name}=" not in old_repr and field.default is not dataclasses.MISSING \
+          and value == field.default:
+        text = text.replace(f", {field.name}={value!r}", "")
+  return text
+
+
+def same_plan(old: dict, new: dict, spec: SweepSpec) -> bool:
+  """Whether a workdir's plan.json is this sweep's plan: the same runs and the same spec,
+  allowing config fields added since (at their defaults)."""
+  if old.get("runs") != new.get("runs"):
+    return False
+  return old.get("spec") in (new.get("spec"), _defaults_absent_from(spec, old.get("spec", "")))
+
+
 def chinchilla_preset(name: str) -> SweepSpec:
   """The sweep of each preset.
 
@@ -278,7 +303,7 @@ def run_experiment(spec: SweepSpec, workdir: str, *, report_fn=None, shard_index
   plan_path = os.path.join(workdir, "plan.json")
   if os.path.exists(plan_path):
     with open(plan_path) as f:
-      if json.load(f) != json.loads(json.dumps(plan)):
+      if not same_plan(json.load(f), json.loads(json.dumps(plan)), spec):
         raise ValueError(
             f"{workdir} holds a sweep planned with other settings (its plan.json differs); "
             "rerun with the same flags to resume it, or pass a new --workdir")

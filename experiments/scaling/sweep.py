@@ -63,13 +63,35 @@ def _config_dict(run: RunSpec) -> dict:
   return json.loads(run.config.to_json())
 
 
+def _default_config() -> dict:
+  from train.config import Config  # pylint: disable=import-outside-toplevel
+  return json.loads(Config().to_json())
+
+
+def same_settings(old, new, defaults) -> bool:
+  """Whether a recorded config `old` is `new`, allowing keys added to the config since it was
+  recorded when `new` holds their default (`defaults`: the default config, same nesting)."""
+  if not (isinstance(old, dict) and isinstance(new, dict)):
+    return old == new
+  if not set(old) <= set(new):
+    return False
+  defaults = defaults if isinstance(defaults, dict) else {}
+  for key, value in new.items():
+    if key not in old:
+      if key not in defaults or defaults[key] != value:
+        return False
+    elif not same_settings(old[key], value, defaults.get(key)):
+      return False
+  return True
+
+
 def load_result(workdir: str, run: RunSpec) -> Optional[dict]:
   """The finished run's record, or None; raises if it was made with a different config."""
   path = os.path.join(run_dir(workdir, run.run_id), RESULT_FILE)
   if not os.path.exists(path):
     return None
   result = _read_json(path)
-  if result.get("config") != _config_dict(run):
+  if not same_settings(result.get("config"), _config_dict(run), _default_config()):
     raise ValueError(
         f"{path} was produced with different settings than this sweep plans for run "
         f"{run.run_id}; rerun with the flags that made it, or use a new --workdir")

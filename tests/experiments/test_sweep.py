@@ -223,3 +223,38 @@ def test_a_changed_sweep_is_refused_before_its_plan_is_rewritten(tmp_path, runs)
     chinchilla.run_experiment(changed, workdir, bootstrap=0, train_fn=FakeTrain(),
                               shard_index=0, num_shards=4)
   assert open(os.path.join(workdir, "plan.json")).read() == plan
+
+
+def test_a_plan_from_before_a_new_config_field_still_resumes(tmp_path, runs):
+  """A field added to a config since the sweep was planned (at its default) is no change;
+  the same field at another value is."""
+  workdir = str(tmp_path)
+  chinchilla.run_experiment(SMOKE, workdir, bootstrap=0, train_fn=FakeTrain(),
+                            shard_index=0, num_shards=4)
+  path = os.path.join(workdir, "plan.json")
+  plan = json.load(open(path))
+  assert ", tokenize_workers=0" in plan["spec"]
+  plan["spec"] = plan["spec"].replace(", tokenize_workers=0", "")  # as planned before it existed
+  with open(path, "w") as f:
+    json.dump(plan, f)
+  chinchilla.run_experiment(SMOKE, workdir, bootstrap=0, train_fn=FakeTrain(),
+                            shard_index=0, num_shards=4)
+  changed = dataclasses.replace(SMOKE, data=dataclasses.replace(SMOKE.data, tokenize_workers=2))
+  with open(path, "w") as f:
+    json.dump(plan, f)
+  with pytest.raises(ValueError, match="planned with other settings"):
+    chinchilla.run_experiment(changed, workdir, bootstrap=0, train_fn=FakeTrain(),
+                              shard_index=0, num_shards=4)
+
+
+def test_recorded_run_configs_tolerate_fields_added_at_their_default():
+  defaults = {"data": {"seq_len": 128, "tokenize_workers": 0}, "head": "lm"}
+  new = {"data": {"seq_len": 64, "tokenize_workers": 0}, "head": "lm"}
+  assert sweep.same_settings({"data": {"seq_len": 64}, "head": "lm"}, new, defaults)
+  assert not sweep.same_settings({"data": {"seq_len": 32}, "head": "lm"}, new, defaults)
+  assert not sweep.same_settings(
+      {"data": {"seq_len": 64}, "head": "lm"},
+      {"data": {"seq_len": 64, "tokenize_workers": 2}, "head": "lm"}, defaults)
+  assert not sweep.same_settings({"data": {"seq_len": 64, "gone": 1}, "head": "lm"}, new,
+                                 defaults)
+
