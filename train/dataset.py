@@ -29,10 +29,9 @@ from model.files import write_json_atomic
 _FORMAT_VERSION = 3  # 2: meta.json records checksums; 3: sharded raw tokens + manifest
 
 
-def tokenize_documents(tokenizer: tokenizer_lib.Tokenizer, documents: Sequence[str],
-                       label: str = "") -> np.ndarray:
+def tokenize_documents(tokenizer: tokenizer_lib.Tokenizer,
+                       documents: Sequence[str]) -> np.ndarray:
   """One in-memory stream: each document's ids followed by eos (small inputs and tests)."""
-  del label
   parts = list(token_shards.encode_stream(tokenizer, documents, workers=1))
   return (np.concatenate(parts) if parts
           else np.zeros((0,), token_dtype(tokenizer.vocab_size)))
@@ -98,7 +97,7 @@ def build_token_files(corpus: corpus_lib.Corpus, tokenizer: tokenizer_lib.Tokeni
               files={})
   for split, docs in (("train", train_docs), ("val", val_docs)):
     written = token_shards.write_token_shards(tokenizer, docs, directory, split, workers,
-                                              shard_tokens, label=split)
+                                              shard_tokens)
     meta["shards"][split] = written["shards"]
     meta[f"n_{split}_documents"] = written["documents"]
     meta[f"n_{split}_bytes"] = written["bytes"]
@@ -301,12 +300,12 @@ def build_datasets(data_config, cache_dir: str | None = None, batch_size: int | 
   corpus = corpus_lib.load_corpus(data_config)
   if tokenizer is None:
     tokenizer = tokenizer_lib.get_tokenizer(data_config, corpus, cache_dir)
-  workers = getattr(data_config, "tokenize_workers", 0)
   directory = token_cache_dir(corpus, tokenizer, data_config.val_fraction, cache_dir)
+  # Waiting hosts poll for meta.json (written last); build_token_files then verifies it once.
   _, meta = shared_cache.build_once(
       directory, lambda: build_token_files(corpus, tokenizer, data_config.val_fraction,
-                                           cache_dir, workers),
-      lambda: load_token_meta(directory) is not None)
+                                           cache_dir, data_config.tokenize_workers),
+      lambda: os.path.exists(os.path.join(directory, "meta.json")))
   train_ds = TokenDataset(split_tokens(directory, meta, "train"), data_config.seq_len,
                           name="train")
   val_ds = TokenDataset(split_tokens(directory, meta, "val"), data_config.seq_len, name="val")

@@ -105,21 +105,20 @@ class ShardWriter:
     self.shard_tokens = shard_tokens
     self.shards: list[dict] = []  # {"file", "tokens"} of the finished shards
     self._file = None
-    self._tmp_path = None
+    self._name = self._tmp_path = None
     self._in_shard = 0
 
   def _open(self) -> None:
-    name = f"{self.prefix}-{len(self.shards):05d}.bin"
-    self._tmp_path = os.path.join(self.directory, f".{name}.tmp-{os.getpid()}")
+    self._name = f"{self.prefix}-{len(self.shards):05d}.bin"
+    self._tmp_path = os.path.join(self.directory, f".{self._name}.tmp-{os.getpid()}")
     self._file = open(self._tmp_path, "wb")
     self._in_shard = 0
 
   def _close_shard(self) -> None:
     self._file.close()
-    name = f"{self.prefix}-{len(self.shards):05d}.bin"
-    os.replace(self._tmp_path, os.path.join(self.directory, name))
-    self.shards.append({"file": name, "tokens": self._in_shard})
-    self._file = self._tmp_path = None
+    os.replace(self._tmp_path, os.path.join(self.directory, self._name))
+    self.shards.append({"file": self._name, "tokens": self._in_shard})
+    self._file = self._name = self._tmp_path = None
 
   def write(self, tokens: np.ndarray) -> None:
     tokens = np.asarray(tokens, dtype=self.dtype.newbyteorder("<"))
@@ -155,7 +154,7 @@ class ShardWriter:
 
 def write_token_shards(tokenizer, documents: Iterable[str], directory: str, prefix: str,
                        workers: int = 1, shard_tokens: int = SHARD_TOKENS,
-                       chunk_chars: int = CHUNK_CHARS, label: str = "") -> dict:
+                       chunk_chars: int = CHUNK_CHARS) -> dict:
   """Tokenizes `documents` into shards; returns {"shards", "tokens", "documents", "bytes"}."""
   writer = ShardWriter(directory, prefix, token_dtype(tokenizer.vocab_size), shard_tokens)
   counts = dict(tokens=0, documents=0, bytes=0)
@@ -174,7 +173,7 @@ def write_token_shards(tokenizer, documents: Iterable[str], directory: str, pref
       if time.perf_counter() - last_log > 10.0:
         last_log = time.perf_counter()
         logging.info("tokenizing %s: %.1f MB, %.1f M tokens (%.2f M tokens/s, %d workers)",
-                     label or prefix, counts["bytes"] / 1e6, counts["tokens"] / 1e6,
+                     prefix, counts["bytes"] / 1e6, counts["tokens"] / 1e6,
                      counts["tokens"] / 1e6 / (last_log - start), workers)
     shards = writer.close()
   except BaseException:

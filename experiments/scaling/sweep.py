@@ -9,6 +9,7 @@ afterwards) split one sweep; `collect_results` gathers whatever is finished.
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -63,7 +64,9 @@ def _config_dict(run: RunSpec) -> dict:
   return json.loads(run.config.to_json())
 
 
+@functools.lru_cache(maxsize=1)
 def _default_config() -> dict:
+  """The default train config as recorded (built once: every finished run is checked)."""
   from train.config import Config  # pylint: disable=import-outside-toplevel
   return json.loads(Config().to_json())
 
