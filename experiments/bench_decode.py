@@ -145,7 +145,7 @@ def benchmark_decode(decoder: Decoder, params, batch: int, prompt_len: int, gen_
   logits_BV, cache = decoder.prefill(params, prompts, warmup + gen_tokens)
   jax.block_until_ready(logits_BV)
   prefill_seconds = time.perf_counter() - start
-  capacity = int(cache["k"].shape[2])
+  capacity = int(cache["k"].shape[3])
   cache_bytes = kv_cache_bytes(cache)
   del cache
   _, compile_seconds, _ = _stepwise_seconds(decoder, params, prompts, 1, warmup, greedy, key)

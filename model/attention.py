@@ -6,8 +6,10 @@ restricted to packed segments (segment ids). Plain causal attention keeps the fa
 through XLA.
 
 The cache is a plain pytree dict, one entry per model (all layers stacked):
-  {"k": [n_layers, B, S, K, H], "v": [n_layers, B, S, K, H], "lengths": [B] int32}
-with S the cache capacity. With a cache, the L new tokens of row b sit at positions
+  {"k": [n_layers, B, K, S, H], "v": [n_layers, B, K, S, H], "lengths": [B] int32}
+with S the cache capacity. Heads come before positions so that the attention dots over a
+layer's [B, K, S, H] slice need no transposed copy of it (XLA wants the dots' batch dims
+major-most; the [B, S, K, H] order cost a copy per layer per decode step). With a cache, the L new tokens of row b sit at positions
 lengths[b] + arange(L); their k/v are written there and query i attends to cache
 slots j <= lengths[b] + i. Slots past that (stale or padding k/v) are masked, so a
 caller may overwrite `lengths` (e.g. with true prompt lengths after a right-padded
@@ -28,7 +30,7 @@ from model.quant import QuantConfig
 
 MASK_KINDS = ("causal", "bidirectional", "prefix")
 
-_CACHE_KV_AXES = ("layers", "act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
+_CACHE_KV_AXES = ("layers", "act_batch", "act_kv_heads", "act_cache_length", "act_head_dim")
 
 
 @flax.struct.dataclass
@@ -107,7 +109,7 @@ class Mask:
 def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> dict:
   """An empty KV cache for `batch` rows of up to `capacity` positions."""
   dtype = dtype or compute_dtype(config)
-  shape = (config.n_layers, batch, capacity, config.heads_kv, config.head_dim)
+  shape = (config.n_layers, batch, config.heads_kv, capacity, config.head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
           "lengths": jnp.zeros((batch,), jnp.int32)}
 
@@ -156,32 +158,48 @@ def causal_attention(q_BLNH, k_BLKH, v_BLKH, implementation: str = "xla"):
 
 
 def masked_attention(q_BLNH, k_BSKH, v_BSKH, mask_B1LS):
-  """GQA attention with an explicit boolean mask (packed, bidirectional, prefix, cache).
-
-  Always XLA: cuDNN flash attention has no arbitrary / per-row offset mask, and decode
-  (L=1) is bound by reading the cache, not by this kernel.
-  """
+  """GQA attention with an explicit boolean mask (packed, bidirectional, prefix; encoder
+  K/V of cross-attention). Always XLA: cuDNN flash attention has no arbitrary mask."""
   return jax.nn.dot_product_attention(
       q_BLNH, k_BSKH, v_BSKH, mask=mask_B1LS, scale=1.0 / np.sqrt(q_BLNH.shape[-1]),
       implementation="xla")
 
 
+def cached_attention(q_BLNH, k_BKSH, v_BKSH, mask_B1LS):
+  """GQA attention of L new queries over a head-major cache slice, float32 softmax.
+
+  Query head n uses kv head n // (N / K), as in jax.nn.dot_product_attention. The
+  einsums keep (b, k) as the dots' leading batch dims, matching the cache's layout.
+  """
+  b, l, n, h = q_BLNH.shape
+  k = k_BKSH.shape[1]
+  q_BKGLH = q_BLNH.reshape(b, l, k, n // k, h).transpose(0, 2, 3, 1, 4)
+  logits_BKGLS = jnp.einsum("bkglh,bksh->bkgls", q_BKGLH, k_BKSH,
+                            preferred_element_type=jnp.float32) / np.sqrt(h)
+  logits_BKGLS = jnp.where(mask_B1LS[:, :, None], logits_BKGLS,
+                           jnp.finfo(jnp.float32).min)
+  probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(v_BKSH.dtype)
+  out_BKGLH = jnp.einsum("bkgls,bksh->bkglh", probs_BKGLS, v_BKSH)
+  return out_BKGLH.transpose(0, 3, 1, 2, 4).reshape(b, l, n, h).astype(q_BLNH.dtype)
+
+
 def _write_rows(cache, new_BLKH, starts_B, layer=None):
-  """Writes each row's new entries at its own offset into one layer's [B, S, K, H] cache,
-  or, given `layer`, into that layer of the stacked [n_layers, B, S, K, H] cache (in place:
+  """Writes each row's new entries at its own offset into one layer's [B, K, S, H] cache,
+  or, given `layer`, into that layer of the stacked [n_layers, B, K, S, H] cache (in place:
   only the new rows are written, the stacked cache is never copied)."""
   new_BLKH = new_BLKH.astype(cache.dtype)
   if layer is None:
-    update = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, 0, 0)))
-    return update(cache, new_BLKH, starts_B)
+    update = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (0, s, 0)))
+    return update(cache, new_BLKH.transpose(0, 2, 1, 3), starts_B)
   b, l = new_BLKH.shape[:2]
   rows_BL = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, l))
   slots_BL = starts_B[:, None].astype(jnp.int32) + jnp.arange(l, dtype=jnp.int32)
-  return cache.at[layer, rows_BL, slots_BL].set(new_BLKH, mode="drop")
+  # Advanced indices split by the K slice: the indexed view is [B, L, K, H], as new_BLKH.
+  return cache.at[layer, rows_BL, :, slots_BL].set(new_BLKH, mode="drop")
 
 
 class Attention(nn.Module):
-  """Self-attention under a `Mask`; `kv_cache` is one layer's (k_BSKH, v_BSKH, lengths_B),
+  """Self-attention under a `Mask`; `kv_cache` is one layer's (k_BKSH, v_BKSH, lengths_B),
   or (k_cache, v_cache, lengths_B, layer) with the stacked all-layer cache, which is then
   updated in place and returned whole.
 
@@ -233,23 +251,23 @@ class Attention(nn.Module):
                          "segment ids; run packed / bidirectional batches without a cache")
       k_cache, v_cache, lengths_B = kv_cache[:3]
       layer = kv_cache[3] if len(kv_cache) > 3 else None
-      k_BSKH = k_cache = _write_rows(k_cache, k_BLKH, lengths_B, layer)
-      v_BSKH = v_cache = _write_rows(v_cache, v_BLKH, lengths_B, layer)
+      k_BKSH = k_cache = _write_rows(k_cache, k_BLKH, lengths_B, layer)
+      v_BKSH = v_cache = _write_rows(v_cache, v_BLKH, lengths_B, layer)
       if layer is not None:
-        k_BSKH = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
-        v_BSKH = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
-      cache_axes = ("act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
-      k_BSKH = sharding.constrain(k_BSKH, cache_axes)
-      v_BSKH = sharding.constrain(v_BSKH, cache_axes)
-      capacity = k_BSKH.shape[1]
+        k_BKSH = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
+        v_BKSH = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
+      cache_axes = ("act_batch", "act_kv_heads", "act_cache_length", "act_head_dim")
+      k_BKSH = sharding.constrain(k_BKSH, cache_axes)
+      v_BKSH = sharding.constrain(v_BKSH, cache_axes)
+      capacity = k_BKSH.shape[2]
       mask_B1LS = cache_mask(lengths_B, x_BLD.shape[1], capacity)
       if mask.kind == "prefix":
         prefix_B1LS = (jnp.arange(capacity, dtype=jnp.int32)
                        < mask.prefix_lengths_B[:, None, None, None])
         mask_B1LS = mask_B1LS | prefix_B1LS
-      out_BLNH = masked_attention(q_BLNH, k_BSKH.astype(dtype), v_BSKH.astype(dtype),
+      out_BLNH = cached_attention(q_BLNH, k_BKSH.astype(dtype), v_BKSH.astype(dtype),
                                   mask_B1LS)
-      new_cache = (k_BSKH, v_BSKH) if layer is None else (k_cache, v_cache)
+      new_cache = (k_BKSH, v_BKSH) if layer is None else (k_cache, v_cache)
     out_BLNH = sharding.constrain(out_BLNH, q_axes)
     out = proj("out", (n, h, d), ("heads", "head_dim", "embed"), 2, out_proj_std(c),
                bias=c.out_bias)

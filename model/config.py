@@ -53,7 +53,9 @@ class ModelConfig:
   activation: str = "swiglu"
   tie_embeddings: bool = False
   dtype: str = "float32"  # compute dtype; parameters are always float32
-  remat: str = "none"
+  # Saving only matmul outputs for the backward ("dots") stores fewer and smaller scan
+  # residuals than "none" and measured 1.2-1.5x faster train steps on CPU (BUILD_NOTES.md).
+  remat: str = "dots"
   scan_layers: bool = True
   attention_impl: str = "auto"
   init_std: float = 0.02

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from model import sharding
 from model.attention import Mask
+from model.attention import cache_logical_axes as attention_cache_axes
 from model.config import ModelConfig, compute_dtype
 from model.cross_attention import CrossAttention
 from model.layers import Embed, LearnedPositions, Norm, Projection, sinusoidal_positions
@@ -39,7 +40,7 @@ CROSS_KEYS = ("cross_k", "cross_v", "source_valid")
 # The decoder's first input, as in T5: id 0 (sentencepiece's pad, the byte tokenizer's NUL
 # byte), which never occurs inside text, so decoding needs no tokenizer to start.
 DECODER_START_ID = 0
-_LAYER_AXES = ("layers", "act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
+_CROSS_AXES = ("layers", "act_batch", "act_cache_length", "act_kv_heads", "act_head_dim")
 
 
 class DecoderBlock(nn.Module):
@@ -84,12 +85,12 @@ class DecoderGroup(nn.Module):
   quant: QuantConfig = QuantConfig()
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, mask, source_valid_BS, encoded_BSD, k_GBSKH=None,
-               v_GBSKH=None, lengths_B=None, ck_GBSKH=None, cv_GBSKH=None):
+  def __call__(self, x_BLD, positions_BL, mask, source_valid_BS, encoded_BSD, k_GBKSH=None,
+               v_GBKSH=None, lengths_B=None, ck_GBSKH=None, cv_GBSKH=None):
     c = self.config
     auxes, outs = [], []
     for i in range(group_size(c)):
-      kv = None if k_GBSKH is None else (k_GBSKH[i], v_GBSKH[i], lengths_B)
+      kv = None if k_GBKSH is None else (k_GBKSH[i], v_GBKSH[i], lengths_B)
       cross_kv = None if ck_GBSKH is None else (ck_GBSKH[i], cv_GBSKH[i])
       block = DecoderBlock(c, self.peft, moe=c.is_moe_layer(i),
                            deterministic=self.deterministic, quant=self.quant,
@@ -103,7 +104,7 @@ class DecoderGroup(nn.Module):
     aux = {}
     if auxes:
       aux = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a).astype(jnp.float32)), *auxes)
-    if k_GBSKH is None:
+    if k_GBKSH is None:
       return x_BLD, aux
     return x_BLD, (aux,) + tuple(jnp.stack(parts) for parts in zip(*outs))
 
@@ -308,7 +309,9 @@ def cache_batch_axes(cache: dict) -> dict:
 
 def cache_logical_axes() -> dict:
   """Logical axis names of the full encoder-decoder cache (for sharding.logical_spec)."""
-  return {"k": _LAYER_AXES, "v": _LAYER_AXES, "cross_k": _LAYER_AXES, "cross_v": _LAYER_AXES,
+  self_axes = attention_cache_axes(None)
+  return {"k": self_axes["k"], "v": self_axes["v"], "cross_k": _CROSS_AXES,
+          "cross_v": _CROSS_AXES,
           "lengths": ("act_batch",), "source_valid": ("act_batch", "act_length")}
 
 

@@ -71,7 +71,20 @@ def Norm(config: ModelConfig, name: str | None = None) -> nn.Module:  # noqa: N8
 
 
 def _contract(x, w, n_contract: int, out_dtype=None):
-  """Contracts x's trailing n_contract dims with w's leading ones: x free dims + w free dims."""
+  """Contracts x's trailing n_contract dims with w's leading ones: x free dims + w free dims.
+
+  On CPU the contraction runs as one 2-D [M, K] x [K, N] matmul (reshapes of contiguous
+  dims are free): for the N-D form, XLA:CPU writes the weight gradient's operand transposed
+  from inside an elementwise fusion, with strided stores that made a GELU MLP's forward +
+  backward 2x slower (experiments/bench_peers.py, BUILD_NOTES.md). Elsewhere the N-D
+  dot_general keeps each free dim visible to sharding propagation.
+  """
+  if jax.default_backend() == "cpu":
+    free_x, free_w = x.shape[:x.ndim - n_contract], w.shape[n_contract:]
+    k = math.prod(w.shape[:n_contract])
+    y = jax.lax.dot_general(x.reshape(math.prod(free_x), k), w.reshape(k, math.prod(free_w)),
+                            (((1,), (0,)), ((), ())), preferred_element_type=out_dtype)
+    return y.reshape(free_x + free_w)
   dims = (tuple(range(x.ndim - n_contract, x.ndim)), tuple(range(n_contract)))
   return jax.lax.dot_general(x, w, (dims, ((), ())), preferred_element_type=out_dtype)
 

@@ -89,7 +89,7 @@ class Block(nn.Module):
 class BlockGroup(nn.Module):
   """`group_size` blocks: the unit that is scanned and rematerialised.
 
-  Returns (x, aux) or, with a cache, (x, (aux, k_GBSKH, v_GBSKH)); aux is the mean
+  Returns (x, aux) or, with a cache, (x, (aux, k_GBKSH, v_GBKSH)); aux is the mean
   of the group's MoE aux losses ({} for dense groups).
   """
   config: ModelConfig
@@ -98,12 +98,12 @@ class BlockGroup(nn.Module):
   quant: QuantConfig = QuantConfig()
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, mask: Mask, k_GBSKH=None, v_GBSKH=None,
+  def __call__(self, x_BLD, positions_BL, mask: Mask, k_GBKSH=None, v_GBKSH=None,
                lengths_B=None):
     c = self.config
     auxes, new_k, new_v = [], [], []
     for i in range(group_size(c)):
-      kv = None if k_GBSKH is None else (k_GBSKH[i], v_GBSKH[i], lengths_B)
+      kv = None if k_GBKSH is None else (k_GBKSH[i], v_GBKSH[i], lengths_B)
       block = Block(c, self.peft, moe=c.is_moe_layer(i), deterministic=self.deterministic,
                     quant=self.quant, name=f"block_{i}")
       x_BLD, aux, new_kv = block(x_BLD, positions_BL, mask, kv)
@@ -115,7 +115,7 @@ class BlockGroup(nn.Module):
     aux = {}
     if auxes:
       aux = jax.tree.map(lambda *a: jnp.mean(jnp.stack(a).astype(jnp.float32)), *auxes)
-    if k_GBSKH is None:
+    if k_GBKSH is None:
       return x_BLD, aux
     return x_BLD, (aux, jnp.stack(new_k), jnp.stack(new_v))
 
@@ -133,7 +133,7 @@ class CachedBlockGroup(nn.Module):
 
   Going through scan inputs / outputs instead would copy the full cache several times per
   decode step. `__call__((x_BLD, k_cache, v_cache), positions_BL, mask, lengths_B,
-  group_index)` -> ((x_BLD, k_cache, v_cache), aux); caches are [n_layers, B, S, K, H].
+  group_index)` -> ((x_BLD, k_cache, v_cache), aux); caches are [n_layers, B, K, S, H].
   """
   config: ModelConfig
   peft: PeftConfig = PeftConfig()
@@ -341,12 +341,12 @@ def _check_cache(config: ModelConfig, cache, batch: int, length: int) -> None:
                      "with keys 'k', 'v', 'lengths'")
   want = (config.n_layers, batch, config.heads_kv, config.head_dim)
   k = cache["k"].shape
-  if len(k) != 5 or (k[0], k[1], k[3], k[4]) != want or cache["v"].shape != k:
-    raise ValueError(f"cache k/v shape {k} does not match [n_layers, batch, capacity, "
-                     f"kv_heads, head_dim] = {want[:2] + ('S',) + want[2:]}; "
+  if len(k) != 5 or (k[0], k[1], k[2], k[4]) != want or cache["v"].shape != k:
+    raise ValueError(f"cache k/v shape {k} does not match [n_layers, batch, kv_heads, "
+                     f"capacity, head_dim] = {want[:3] + ('S',) + want[3:]}; "
                      "build it with init_cache(config, batch, capacity)")
-  if length > k[2]:
-    raise ValueError(f"{length} new tokens do not fit a cache of capacity {k[2]}; "
+  if length > k[3]:
+    raise ValueError(f"{length} new tokens do not fit a cache of capacity {k[3]}; "
                      "build a larger one with init_cache(config, batch, capacity)")
   if cache["lengths"].shape != (batch,):
     raise ValueError(f"cache lengths shape {cache['lengths'].shape} must be ({batch},)")

@@ -67,6 +67,19 @@ def test_cached_attention_matches_numpy_with_row_offsets():
   np.testing.assert_allclose(ref, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n,k", [(4, 2), (4, 1), (2, 2)])
+def test_head_major_cached_attention_matches_numpy(n, k):
+  """cached_attention reads [B, K, S, H] cache slices; same result as the numpy reference."""
+  b, l, s, h = 3, 2, 8, 8
+  q, kk, v = _qkv(b, l, s, n, k, h, seed=2)
+  lengths = jnp.array([0, 3, 6], jnp.int32)
+  mask_B1LS = attention.cache_mask(lengths, l, s)
+  want = np_attention(q, kk, v, np.asarray(mask_B1LS)[:, 0])
+  head_major = lambda a: jnp.transpose(a, (0, 2, 1, 3))
+  got = _jit(attention.cached_attention)(q, head_major(kk), head_major(v), mask_B1LS)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
 def _np_rope(x, pos, theta):
   x = np.asarray(x, np.float64)
   h = x.shape[-1]
@@ -118,7 +131,7 @@ def test_attention_module_matches_numpy():
 def test_cache_helpers_shapes_and_axes():
   c = ModelConfig(d_model=32, n_layers=3, n_heads=4, n_kv_heads=2)
   cache = attention.init_cache(c, batch=2, capacity=10)
-  assert cache["k"].shape == cache["v"].shape == (3, 2, 10, 2, 8)
+  assert cache["k"].shape == cache["v"].shape == (3, 2, 2, 10, 8)  # [layers, B, K, S, H]
   assert cache["lengths"].shape == (2,) and cache["lengths"].dtype == jnp.int32
   axes = attention.cache_logical_axes(c)
   assert set(axes) == set(cache)
