@@ -9,7 +9,8 @@ The cache is a plain pytree dict, one entry per model (all layers stacked):
   {"k": [n_layers, B, K, S, H], "v": [n_layers, B, K, S, H], "lengths": [B] int32}
 with S the cache capacity. Heads come before positions so that the attention dots over a
 layer's [B, K, S, H] slice need no transposed copy of it (XLA wants the dots' batch dims
-major-most; the [B, S, K, H] order cost a copy per layer per decode step). With a cache, the L new tokens of row b sit at positions
+major-most; the [B, S, K, H] order cost a copy per layer per decode step).
+With a cache, the L new tokens of row b sit at positions
 lengths[b] + arange(L); their k/v are written there and query i attends to cache
 slots j <= lengths[b] + i. Slots past that (stale or padding k/v) are masked, so a
 caller may overwrite `lengths` (e.g. with true prompt lengths after a right-padded
