@@ -285,7 +285,7 @@ def split_views(corpus: Corpus, val_fraction: float):
   without holding the documents (except a single-document corpus, which is cut in two)."""
   _check_val_fraction(val_fraction)
   if corpus.n_documents == 1:
-    return split_corpus(corpus, val_fraction)
+    return _split_single_document(next(iter(corpus.documents)), val_fraction)
   val_ids = validation_indices(corpus, val_fraction)
   return (DocumentSubset(corpus.documents, val_ids, False),
           DocumentSubset(corpus.documents, val_ids, True))
@@ -297,25 +297,23 @@ def _check_val_fraction(val_fraction: float) -> None:
                      "set --config.data.val_fraction=0.02 or similar")
 
 
+def _split_single_document(text: str, val_fraction: float) -> tuple[list[str], list[str]]:
+  """A one-document corpus cut at the line boundary nearest 1 - val_fraction."""
+  cut = int(len(text) * (1.0 - val_fraction))
+  newline = text.rfind("\n", 0, cut)
+  cut = newline + 1 if newline > 0 else cut
+  if cut <= 0 or cut >= len(text):
+    raise ValueError("the corpus is a single document too short to split into train and "
+                     "validation; add more text")
+  logging.info("single-document corpus: validation is its last %d characters", len(text) - cut)
+  return [text[:cut]], [text[cut:]]
+
+
 def split_corpus(corpus: Corpus, val_fraction: float) -> tuple[list[str], list[str]]:
-  """Disjoint (train, validation) documents; each keeps corpus order.
+  """Disjoint (train, validation) documents as lists; each keeps corpus order.
 
   The last `val_fraction` of `document_order` (at least one document) is validation. A
   single-document corpus is cut at the line boundary nearest the same fraction instead.
   """
-  _check_val_fraction(val_fraction)
-  docs = list(corpus.documents)
-  if len(docs) == 1:
-    text = docs[0]
-    cut = int(len(text) * (1.0 - val_fraction))
-    newline = text.rfind("\n", 0, cut)
-    cut = newline + 1 if newline > 0 else cut
-    if cut <= 0 or cut >= len(text):
-      raise ValueError("the corpus is a single document too short to split into train and "
-                       "validation; add more text")
-    logging.info("single-document corpus: validation is its last %d characters", len(text) - cut)
-    return [text[:cut]], [text[cut:]]
-  val_ids = validation_indices(corpus, val_fraction)
-  train = [d for i, d in enumerate(docs) if i not in val_ids]
-  val = [d for i, d in enumerate(docs) if i in val_ids]
-  return train, val
+  train, val = split_views(corpus, val_fraction)
+  return list(train), list(val)
